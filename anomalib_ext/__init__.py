@@ -8,4 +8,6 @@ __version__ = "0.1.0"
 
 from anomalib_ext.registry import register
 
+__all__ = ["register"]
+
 register()

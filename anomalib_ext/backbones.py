@@ -34,6 +34,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -146,22 +147,33 @@ def _reference_shapes(arch: str) -> dict[str, torch.Size]:
 
 
 class _MissingKeysRecorder(logging.Handler):
+    """Collects the parameter names timm reports as missing while it loads pretrained weights."""
+
+    pattern = re.compile(r"Missing keys \((.*)\) discovered")
+
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
-        self.messages: list[str] = []
+        self.missing: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Missing keys"):
-            self.messages.append(message)
+        match = self.pattern.match(record.getMessage())
+        if match:
+            self.missing.extend(key.strip() for key in match.group(1).split(","))
+
+
+def _classifier_prefixes(name: str) -> tuple[str, ...]:
+    arch, _ = split_name(name)
+    classifier = timm.models.get_pretrained_cfg(arch).classifier if timm.models.is_model(arch) else None
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    return tuple(f"{n}." for n in names)
 
 
 @contextlib.contextmanager
 def _strict_loading(name: str, source: str) -> Iterator[None]:
-    """Fail when timm reports missing keys while loading pretrained weights.
+    """Fail when timm leaves any parameter but the classifier unfilled.
 
-    timm loads non-strictly whenever the classifier is dropped (``features_only``, ``num_classes``)
-    and then only logs the parameters it did not fill, which would leave them random.
+    timm loads non-strictly whenever it drops the classifier (``features_only``, another
+    ``num_classes``) and then only logs the tensors it did not fill, which would stay random.
     """
     builder_logger = logging.getLogger("timm.models._builder")
     recorder = _MissingKeysRecorder()
@@ -173,8 +185,10 @@ def _strict_loading(name: str, source: str) -> Iterator[None]:
     finally:
         builder_logger.removeHandler(recorder)
         builder_logger.setLevel(previous_level)
-    if recorder.messages:
-        msg = f"Weights for {name!r} from {source} do not fill the whole network: {recorder.messages[0]}"
+    unfilled = [key for key in recorder.missing if not key.startswith(_classifier_prefixes(name))]
+    if unfilled:
+        shown = ", ".join(unfilled[:8]) + (", ..." if len(unfilled) > 8 else "")
+        msg = f"Weights for {name!r} from {source} do not fill the whole network: missing {shown}."
         raise WeightsNotFoundError(msg)
 
 
@@ -291,3 +305,6 @@ class FeatureExtractor(TimmFeatureExtractor):
                 exportable=True,
                 out_indices=self.idx,
             )
+        # anomalib only skips the gradient in forward; frozen parameters also keep optimisers and
+        # DDP's unused-parameter check away from them.
+        self.feature_extractor.requires_grad_(requires_grad)

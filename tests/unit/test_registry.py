@@ -1,0 +1,83 @@
+"""Tests of registration: short names in anomalib's CLI and ``get_model``, and a light start-up hook."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from anomalib.models import get_model
+from anomalib.models.components import AnomalibModule
+
+import anomalib_ext
+from anomalib_ext.registry import registered_datamodules, registered_models
+
+EXPECTED_MODELS = {"FMGRD", "MLDFR", "N2N", "RBAE", "SMCC"}
+EXPECTED_DATAMODULES = {"DAGM", "DemoTextures"}
+ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
+
+
+def _python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    return result.stdout.strip()
+
+
+def test_plain_interpreter_imports_neither_torch_nor_the_plugin() -> None:
+    loaded = _python("import sys; print(sorted(m for m in ('torch', 'anomalib', 'anomalib_ext') if m in sys.modules))")
+    assert loaded == "[]"
+    assert _python("import sys; print('_anomalib_ext_autoload' in sys.modules)") == "True"
+
+
+def test_importing_anomalib_cli_imports_the_plugin() -> None:
+    assert _python("import anomalib.cli, sys; print('anomalib_ext' in sys.modules)") == "True"
+
+
+def test_every_model_and_datamodule_is_registered() -> None:
+    assert set(registered_models()) == EXPECTED_MODELS
+    assert set(registered_datamodules()) >= EXPECTED_DATAMODULES
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_models_are_direct_anomalib_module_subclasses(name: str) -> None:
+    assert AnomalibModule in registered_models()[name].__bases__
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_get_model_finds_the_model_by_lower_case_name(name: str) -> None:
+    cls = registered_models()[name]
+    assert type(get_model(name.lower(), pre_trained=False)) is cls
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_get_model_accepts_the_full_class_path(name: str) -> None:
+    model = get_model({"class_path": f"anomalib_ext.models.{name}", "init_args": {"pre_trained": False}})
+    assert type(model).__name__ == name
+
+
+def test_register_is_idempotent() -> None:
+    anomalib_ext.register()
+    anomalib_ext.register()
+    assert "anomalib_ext.models" in __import__("anomalib.models").models.ALLOWED_MODULES
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [(name, name) for name in sorted(EXPECTED_MODELS)] + [("MLDFR", "anomalib_ext.models.MLDFR")],
+)
+def test_cli_resolves_the_model_by_short_and_full_name(name: str, model: str, tmp_path: Path) -> None:
+    command = [
+        ANOMALIB,
+        "fit",
+        "--model",
+        model,
+        "--data",
+        "DemoTextures",
+        "--data.root",
+        str(tmp_path),
+        "--print_config",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"class_path: anomalib_ext.models.{name}" in result.stdout
+    assert "class_path: anomalib_ext.data.DemoTextures" in result.stdout
