@@ -5,5 +5,6 @@ anomalib's own ``MVTecAD``, ``Visa``, ``MPDD`` and ``BTech`` (BTAD) are used as 
 """
 
 from anomalib_ext.data.dagm import DAGM, DAGMDataset, make_dagm_dataset
+from anomalib_ext.data.demo import DemoTextures
 
-__all__ = ["DAGM", "DAGMDataset", "make_dagm_dataset"]
+__all__ = ["DAGM", "DAGMDataset", "DemoTextures", "make_dagm_dataset"]
