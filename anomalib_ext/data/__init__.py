@@ -1,10 +1,20 @@
-"""Datasets: DAGM 2007 (new datamodule) and the offline ``DemoTextures`` dataset.
+"""Datasets: DAGM 2007 (new datamodule), the offline ``DemoTextures`` dataset, and ``BTAD``.
 
-anomalib's own ``MVTecAD``, ``Visa``, ``MPDD`` and ``BTech`` (BTAD) are used as they are; see
-``configs/data/`` and ``docs/datasets.md``.
+anomalib's own ``MVTecAD``, ``Visa`` and ``MPDD`` are used as they are; ``BTAD`` is anomalib's
+``BTech`` reading manually downloaded copies (``.bmp`` masks of product 03). See ``configs/data/``
+and ``docs/datasets.md``.
 """
 
+from anomalib_ext.data.btad import BTAD, BTADDataset, make_btad_dataset
 from anomalib_ext.data.dagm import DAGM, DAGMDataset, make_dagm_dataset
 from anomalib_ext.data.demo import DemoTextures
 
-__all__ = ["DAGM", "DAGMDataset", "DemoTextures", "make_dagm_dataset"]
+__all__ = [
+    "BTAD",
+    "DAGM",
+    "BTADDataset",
+    "DAGMDataset",
+    "DemoTextures",
+    "make_btad_dataset",
+    "make_dagm_dataset",
+]
