@@ -300,3 +300,28 @@ class DemoTextures(MVTecAD):
     def _setup(self, _stage: str | None = None) -> None:
         self.prepare_data()  # no-op when built; covers setup() called without prepare_data()
         super()._setup(_stage)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build DemoTextures categories from the command line and report the time taken.
+
+    ``python -m anomalib_ext.data.demo [--root ./datasets/demo_textures] [--seed 0] [--force]``
+    """
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="Build the offline DemoTextures dataset (MVTec AD layout).")
+    parser.add_argument("--root", type=Path, default=Path("./datasets/demo_textures"))
+    parser.add_argument("--category", choices=CATEGORIES, nargs="*", default=list(CATEGORIES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
+    args = parser.parse_args(argv)
+    for category in args.category:
+        start = time.perf_counter()
+        folder = build_demo_textures(args.root, category, seed=args.seed, image_size=args.image_size, force=args.force)
+        print(f"{folder}: {time.perf_counter() - start:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -141,3 +141,11 @@ def test_setup_alone_builds_the_dataset(tmp_path):
 def test_invalid_category_lists_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=", ".join(CATEGORIES)):
         DemoTextures(root=tmp_path, category="carpet")
+
+
+def test_command_line_builds_the_requested_category(tmp_path, capsys):
+    from anomalib_ext.data.demo import main
+
+    main(["--root", str(tmp_path), "--category", "gravel", "--image-size", "32"])
+    assert str(tmp_path / "gravel") in capsys.readouterr().out
+    assert len(list((tmp_path / "gravel" / "train" / "good").glob("*.png"))) == 40
