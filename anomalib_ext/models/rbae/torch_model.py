@@ -1,0 +1,245 @@
+"""PyTorch model of RB-AE: Reference-Based Autoencoder for Surface Defect Detection.
+
+Paper: "Reference-Based Autoencoder for Surface Defect Detection" (W. Luo, H. Yao, W. Yu, X. Wang).
+
+An autoencoder trained from scratch reconstructs the input; at the three deepest encoder levels a
+reference-based attention module (RBAM) rebuilds the input's features from patches of one fixed
+defect-free reference image, so defect features do not reach the decoder. The input and its
+reconstruction are re-encoded and a multi-scale feature discrimination module (MSFDM, three FDM
+heads) segments the defects; the anomaly map is ``0.2 AM_1 + 0.2 g(AM_2) + 0.6 g(AM_3)`` (Eq. 11).
+
+The reference image and its level-3/4/5 features are persistent buffers, so checkpoints and the
+exported graph carry them. Before they are set (phase 1) they are zero and the map is still finite.
+
+Example:
+    >>> import torch
+    >>> from anomalib_ext.models.rbae.torch_model import RbaeModel
+    >>> model = RbaeModel(input_size=(64, 64), encoder_channels=(8, 8, 16, 16, 16)).eval()
+    >>> out = model(torch.rand(2, 3, 64, 64))
+    >>> out.pred_score.shape, out.anomaly_map.shape
+    (torch.Size([2]), torch.Size([2, 1, 64, 64]))
+
+See Also:
+    - :class:`anomalib_ext.models.rbae.lightning_model.RBAE`: the two-phase Lightning module.
+    - :mod:`anomalib_ext.models.rbae.components`: encoder, RBAM, decoder, FDM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from anomalib.data import InferenceBatch
+from anomalib.models.components import DynamicBufferMixin
+from anomalib.models.components.filters import GaussianBlur2d
+from torch import Tensor, nn
+
+from anomalib_ext.models.rbae.components import FDM, RBAM, Decoder, Encoder
+
+RBAM_LEVELS = (3, 4, 5)  # paper: l1 = 3 ... l2 = 5 (Eq. 9)
+MSFDM_LEVELS = (1, 2, 3)  # paper: first three encoder layers (Sec. III-D)
+
+
+class RbaeModel(DynamicBufferMixin, nn.Module):
+    """RB-AE network: encoder, three RBAMs, decoder, three FDMs, and the reference buffers.
+
+    Args:
+        input_size: ``(H, W)`` of the images; sizes the reference buffers. Both must be divisible
+            by ``prod(encoder_strides) * max(rbfrm_patch_sizes)`` (64 by default).
+        encoder_channels: A2: channels of the five encoder levels.
+        encoder_strides: A3: strides of the five encoder levels.
+        rbfrm_patch_sizes: K values of the RBFRMs (paper: 2 and 4).
+        rbfrm_softmax_scale: A6: RBFRM softmax temperature (paper Eq. 4: 1).
+        rbfrm_eps: A7: epsilon of the cosine-similarity normalisation.
+        ffm_mid_channels: FFM squeeze channels (paper: 64).
+        ffm_kernel_size: FFM kernel m (paper: 5).
+        ffm_squeeze_norm: A8: BN + ReLU after the FFM squeeze.
+        decoder_out_activation: A5: ``"sigmoid"`` or ``"none"``.
+        fdm_hidden_ratios: A9: FDM hidden widths as fractions of C_i.
+        am_weights: lambda_1..3 of Eq. 11 (paper: 0.2, 0.2, 0.6).
+        am_upsample_align_corners: A10: ``align_corners`` of the bilinear ``g``.
+        anomaly_map_sigma: A12: Gaussian smoothing of the final map (0 = none).
+        image_score_pool_size: A11: average-pool size before the max (0 = plain max).
+        freeze_encoder_bn: A26: keep the encoder in eval mode once the reference is set (phase 2).
+    """
+
+    def __init__(
+        self,
+        input_size: Sequence[int] = (256, 256),
+        encoder_channels: Sequence[int] = (64, 128, 256, 512, 512),
+        encoder_strides: Sequence[int] = (1, 2, 2, 2, 2),
+        rbfrm_patch_sizes: Sequence[int] = (2, 4),
+        rbfrm_softmax_scale: float = 1.0,
+        rbfrm_eps: float = 1e-12,
+        ffm_mid_channels: int = 64,
+        ffm_kernel_size: int = 5,
+        ffm_squeeze_norm: bool = True,
+        decoder_out_activation: str = "sigmoid",
+        fdm_hidden_ratios: Sequence[float] = (1.0, 0.5),
+        am_weights: Sequence[float] = (0.2, 0.2, 0.6),
+        am_upsample_align_corners: bool = False,
+        anomaly_map_sigma: float = 0.0,
+        image_score_pool_size: int = 0,
+        freeze_encoder_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        height, width = (int(s) for s in input_size)
+        strides = tuple(int(s) for s in encoder_strides)
+        channels = tuple(int(c) for c in encoder_channels)
+        if len(am_weights) != len(MSFDM_LEVELS):
+            msg = f"am_weights needs {len(MSFDM_LEVELS)} values (lambda_1..3 of Eq. 11), got {am_weights}."
+            raise ValueError(msg)
+        divisor = math.prod(strides) * max(rbfrm_patch_sizes)
+        if height % divisor or width % divisor:
+            msg = (
+                f"input_size={tuple(input_size)} must be divisible by {divisor} (product of encoder_strides "
+                f"{strides} times the largest RBFRM patch size {max(rbfrm_patch_sizes)})."
+            )
+            raise ValueError(msg)
+        if strides != (1, 2, 2, 2, 2):
+            msg = f"encoder_strides must be (1, 2, 2, 2, 2) (A3) for this decoder, got {strides}."
+            raise ValueError(msg)
+        self.input_size = (height, width)
+        self.am_weights = tuple(float(w) for w in am_weights)
+        self.am_upsample_align_corners = am_upsample_align_corners
+        self.image_score_pool_size = int(image_score_pool_size)
+        self.freeze_encoder_bn = freeze_encoder_bn
+
+        self.encoder = Encoder(channels, strides)
+        self.rbam = nn.ModuleList(
+            RBAM(
+                channels[level - 1],
+                rbfrm_patch_sizes,
+                rbfrm_softmax_scale,
+                ffm_mid_channels,
+                ffm_kernel_size,
+                ffm_squeeze_norm,
+                rbfrm_eps,
+            )
+            for level in RBAM_LEVELS
+        )
+        self.decoder = Decoder(channels, decoder_out_activation)
+        self.fdm = nn.ModuleList(FDM(channels[level - 1], fdm_hidden_ratios) for level in MSFDM_LEVELS)
+        self.blur = GaussianBlur2d(sigma=anomaly_map_sigma, channels=1) if anomaly_map_sigma > 0 else None
+
+        self.register_buffer("ref_image", torch.zeros(1, 3, height, width))
+        scale = 1
+        for level, stride in enumerate(strides, start=1):
+            scale *= stride
+            if level in RBAM_LEVELS:
+                shape = (1, channels[level - 1], height // scale, width // scale)
+                self.register_buffer(f"ref_feat_{level}", torch.zeros(shape))
+        self.register_buffer("ref_ready", torch.tensor(False))
+
+    @property
+    def reference_features(self) -> list[Tensor]:
+        """The stored ``F_ref^l`` for l = 3, 4, 5."""
+        return [self.get_tensor_attribute(f"ref_feat_{level}") for level in RBAM_LEVELS]
+
+    def train(self, mode: bool = True) -> RbaeModel:
+        """Set train mode but keep the encoder in eval once it is frozen (phase 2, A26, trap T8)."""
+        super().train(mode)
+        if mode and self.freeze_encoder_bn and bool(self.ref_ready):
+            self.encoder.eval()
+        return self
+
+    @torch.no_grad()
+    def set_reference(self, ref_image: Tensor) -> None:
+        """Store the reference image (1, 3, H, W) in [0, 1] and its level-3/4/5 features.
+
+        The encoder runs in eval mode (trap T8), whatever mode it was in.
+        """
+        was_training = self.encoder.training
+        self.encoder.eval()
+        features = self.encoder(ref_image.to(self.ref_image.device, self.ref_image.dtype))
+        self.encoder.train(was_training)
+        self.ref_image = ref_image.detach().to(self.ref_image).clone()
+        for level in RBAM_LEVELS:
+            setattr(self, f"ref_feat_{level}", features[level - 1].detach().clone())
+        self.ref_ready.fill_(True)
+
+    def repair(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """``F_out^l = RBAM_l(Phi_l, F_ref^l)`` for l = 3, 4, 5."""
+        return [
+            rbam(features[level - 1], ref)
+            for rbam, level, ref in zip(self.rbam, RBAM_LEVELS, self.reference_features, strict=True)
+        ]
+
+    def discriminate(self, features: Sequence[Tensor], rec_features: Sequence[Tensor]) -> list[Tensor]:
+        """FDM logits for levels 1, 2, 3."""
+        return [
+            fdm(features[level - 1], rec_features[level - 1]) for fdm, level in zip(self.fdm, MSFDM_LEVELS, strict=True)
+        ]
+
+    def anomaly_map(self, logits: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+        """Eq. 11: weighted sum of the per-level P(anomalous), upsampled to ``size``."""
+        maps = [torch.softmax(lg, dim=1)[:, 1:2] for lg in logits]
+        return sum(
+            w * F.interpolate(am, size=tuple(size), mode="bilinear", align_corners=self.am_upsample_align_corners)
+            for w, am in zip(self.am_weights, maps, strict=True)
+        )
+
+    def forward(
+        self,
+        images: Tensor,
+        clean_images: Tensor | None = None,
+        phase: int = 2,
+        detach_rec_for_seg: bool = False,
+    ) -> InferenceBatch | dict[str, Tensor | list[Tensor]]:
+        """Inference (eval mode) or one training phase (train mode).
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]; the defective ``I_ad`` in training.
+            clean_images: training only: the clean ``I_o`` the defects were pasted into.
+            phase: training only: 1 (encoder + decoder) or 2 (RBAM + decoder + MSFDM).
+            detach_rec_for_seg: A25: stop the segmentation gradient at the reconstruction.
+
+        Returns:
+            Eval: ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))``.
+            Phase 1: ``reconstruction`` of the clean images, ``clean_features`` and
+            ``defective_features`` (5 levels, one joint encoder pass, trap T7).
+            Phase 2: ``reconstruction`` of the defective images, ``repaired_features`` and
+            ``clean_features`` (levels 3-5), ``logits`` (3 FDMs).
+        """
+        if not self.training:
+            features = self.encoder(images)
+            reconstruction = self.decoder(*self.repair(features))
+            rec_features = self.encoder(reconstruction, num_levels=max(MSFDM_LEVELS))
+            anomaly_map = self.anomaly_map(self.discriminate(features, rec_features), images.shape[-2:])
+            if self.blur is not None:
+                anomaly_map = self.blur(anomaly_map)
+            score_map = anomaly_map
+            if self.image_score_pool_size > 0:
+                k = self.image_score_pool_size
+                score_map = F.avg_pool2d(anomaly_map, k, stride=1, padding=k // 2, count_include_pad=False)
+            return InferenceBatch(pred_score=score_map.amax(dim=(-3, -2, -1)), anomaly_map=anomaly_map)
+
+        if clean_images is None:
+            msg = "Training forward needs clean_images (I_o) besides the defective images (I_ad)."
+            raise ValueError(msg)
+        if phase == 1:  # A32: RBAM bypassed, decoder fed with the raw features of I_o
+            batch = clean_images.shape[0]
+            joint = self.encoder(torch.cat([clean_images, images]))
+            clean_features = [f[:batch] for f in joint]
+            defective_features = [f[batch:] for f in joint]
+            reconstruction = self.decoder(*(clean_features[level - 1] for level in RBAM_LEVELS))
+            return {
+                "reconstruction": reconstruction,
+                "clean_features": clean_features,
+                "defective_features": defective_features,
+            }
+        with torch.no_grad():  # frozen encoder: targets and RBAM inputs carry no gradient
+            defective_features = self.encoder(images)
+            clean_features = self.encoder(clean_images)
+        repaired = self.repair(defective_features)
+        reconstruction = self.decoder(*repaired)
+        rec_input = reconstruction.detach() if detach_rec_for_seg else reconstruction
+        rec_features = self.encoder(rec_input, num_levels=max(MSFDM_LEVELS))
+        return {
+            "reconstruction": reconstruction,
+            "repaired_features": repaired,
+            "clean_features": [clean_features[level - 1] for level in RBAM_LEVELS],
+            "logits": self.discriminate(defective_features, rec_features),
+        }
