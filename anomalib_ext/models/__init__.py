@@ -1,3 +1,6 @@
 """The models of anomalib-ext, each a direct :class:`anomalib.models.components.AnomalibModule` subclass."""
 
-__all__: list[str] = []
+from .n2n import N2N
+from .rbae import RBAE
+
+__all__: list[str] = ["N2N", "RBAE"]
