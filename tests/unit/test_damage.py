@@ -137,14 +137,15 @@ def test_image_scope_blur_copies_the_blurred_image():
 
 
 def test_blur_strongly_smooths_the_squares():
-    # Spec section 10: on uniform noise, sigma = 9 at 384 (d = 16) divides the per-square std by ~9.
+    # Spec section 10: on uniform noise, sigma = 9 at 384 (d = 16) divides the per-square, per-channel std by ~9
+    # (mean ratio 0.11).
     images = noise_images(batch=8, size=384)
     out, mask = RandomPatchDamage(modes=("blur",), num_squares=1, seed=9)(images)
     ratios = []
     for img, result, m in zip(images, out, mask[:, 0].bool(), strict=True):
-        ratios.append((result[:, m].std() / img[:, m].std()).item())
+        ratios.extend((result[:, m].std(dim=1) / img[:, m].std(dim=1)).tolist())  # per channel
     assert max(ratios) < 0.35
-    assert sum(ratios) / len(ratios) < 0.2
+    assert sum(ratios) / len(ratios) < 0.15
 
 
 def test_grid_placement_never_overlaps():
