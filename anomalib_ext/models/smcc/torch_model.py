@@ -1,0 +1,228 @@
+"""PyTorch model of SMCC: adapted backbone, multi-layer fusion, fixed centres, one-batch memory bank.
+
+In training mode :meth:`SmccModel.forward` returns the fused features ``(B, C, H, W)`` that the
+loss needs; in eval mode it scores every patch by the mean distance to its K nearest memory-bank
+patches (Eq. 8), upsamples the patch map bilinearly, smooths it with a Gaussian and returns an
+:class:`anomalib.data.InferenceBatch`. The eval path is traceable by the dynamo exporter: the k-NN
+search is chunked over the memory bank (static size), never over the queries, and uses no
+``cdist``, numpy or data-dependent branches.
+
+See Also:
+    :class:`anomalib_ext.models.smcc.lightning_model.SMCC`,
+    :class:`anomalib_ext.models.smcc.loss.SmccLoss`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from anomalib.data import InferenceBatch
+from anomalib.models.components import GaussianBlur2d
+from anomalib.models.components.base import DynamicBufferMixin
+from torch import nn
+
+from anomalib_ext.backbones import FeatureExtractor
+
+from .fusion import MultiLayerFusion
+
+IMAGE_SCORES = ("max", "max_patch", "topk_mean")
+
+
+class SmccModel(DynamicBufferMixin, nn.Module):
+    """SMCC network with its data-built state in buffers.
+
+    Buffers: ``centres`` ``(n_c, C)``, ``memory_bank`` ``(B_mem H W, C)`` and the flag
+    ``centres_fitted`` are persistent (checkpointed, exported); ``bank_images`` (the images the bank
+    was built from, for the refresh of A18) is not persisted.
+
+    Args:
+        backbone: timm name, resolved offline by :mod:`anomalib_ext.backbones` (A1).
+        layers: Tapped layers (A2).
+        pre_trained: Load ImageNet weights (False only for tests).
+        weights_path: Optional local weights file for the backbone.
+        fusion_layer_index: Tapped layer whose resolution the fusion keeps (A3, A24).
+        fusion_upsample_mode: Interpolation for coarser maps in the fusion (A3).
+        aggregation_kernel: Neighbourhood mean after fusion; 1 = none (A4).
+        projection_dim: Optional learned 1x1 projection after fusion (A4).
+        num_neighbors: K of the k-NN score, Eq. (8) (A19).
+        sigma: Gaussian smoothing sigma of the anomaly map (A20).
+        upsample_mode: Interpolation of the patch map to the input size (Sec. III-D: bilinear).
+        image_score: ``"max"`` of the smoothed map, ``"max_patch"`` or ``"topk_mean"`` (A21).
+        image_score_topk: Number of map values averaged by ``"topk_mean"`` (A21).
+        knn_chunk_size: Memory-bank rows per k-NN chunk (bounds memory; static trip count).
+        freeze_bn_stats: Keep BatchNorm running statistics frozen while the backbone adapts (A13).
+        train_bn_affine: Let BatchNorm affine parameters train (A13).
+        trainable_scope: ``"all"`` or a list of backbone module-name prefixes that train (A13).
+
+    Example:
+        >>> model = SmccModel("resnet18", ["layer1", "layer2"], pre_trained=False)
+        >>> model(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 192, 16, 16])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3", "layer4"),
+        pre_trained: bool = True,
+        weights_path: str | None = None,
+        fusion_layer_index: int = 0,
+        fusion_upsample_mode: str = "bilinear",
+        aggregation_kernel: int = 1,
+        projection_dim: int | None = None,
+        num_neighbors: int = 3,
+        sigma: float = 4.0,
+        upsample_mode: str = "bilinear",
+        image_score: str = "max",
+        image_score_topk: int = 10,
+        knn_chunk_size: int = 16384,
+        freeze_bn_stats: bool = True,
+        train_bn_affine: bool = True,
+        trainable_scope: str | Sequence[str] = "all",
+    ) -> None:
+        super().__init__()
+        if image_score not in IMAGE_SCORES:
+            msg = f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}"
+            raise ValueError(msg)
+        if num_neighbors < 1 or knn_chunk_size < 1:
+            msg = f"num_neighbors and knn_chunk_size must be >= 1, got {num_neighbors}, {knn_chunk_size}"
+            raise ValueError(msg)
+        self.layers = list(layers)
+        self.feature_extractor = FeatureExtractor(
+            backbone, layers=self.layers, pre_trained=pre_trained, requires_grad=True, weights=weights_path
+        )
+        if len(self.feature_extractor.layers) != len(self.layers):  # anomalib only warns (spec trap T3)
+            msg = f"unknown layer names in {self.layers} for backbone {backbone!r}"
+            raise ValueError(msg)
+        self.fusion = MultiLayerFusion(
+            self.feature_extractor.out_dims,
+            self.feature_extractor.reductions,
+            target_index=fusion_layer_index,
+            upsample_mode=fusion_upsample_mode,
+            aggregation_kernel=aggregation_kernel,
+            projection_dim=projection_dim,
+        )
+        self.num_neighbors = num_neighbors
+        self.upsample_mode = upsample_mode
+        self.image_score = image_score
+        self.image_score_topk = image_score_topk
+        self.knn_chunk_size = knn_chunk_size
+        self.freeze_bn_stats = freeze_bn_stats
+        self.blur = GaussianBlur2d(sigma=sigma, channels=1)
+        self._set_trainable(trainable_scope, train_bn_affine)
+
+        channels = self.fusion.out_channels
+        self.register_buffer("centres", torch.empty(0, channels))
+        self.register_buffer("memory_bank", torch.empty(0, channels))
+        self.register_buffer("centres_fitted", torch.tensor(False))
+        self.register_buffer("bank_images", torch.empty(0), persistent=False)
+        self.bank_stale = False
+
+    # ------------------------------------------------------------------ training-state helpers
+    def _set_trainable(self, scope: str | Sequence[str], train_bn_affine: bool) -> None:
+        backbone = self.feature_extractor.feature_extractor
+        if scope != "all":
+            prefixes = (scope,) if isinstance(scope, str) else tuple(scope)
+            for name, parameter in backbone.named_parameters():
+                parameter.requires_grad_(name.startswith(prefixes))
+        if not train_bn_affine:
+            for module in backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):  # also timm BatchNormAct2d
+                    module.requires_grad_(False)
+
+    def freeze_batchnorm(self) -> None:
+        """Put every BatchNorm of the backbone in eval mode (frozen running statistics, A13/T2)."""
+        if self.freeze_bn_stats:
+            for module in self.feature_extractor.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):  # also timm BatchNormAct2d
+                    module.eval()
+
+    def train(self, mode: bool = True) -> SmccModel:
+        """Switch mode but keep BatchNorm statistics frozen (A13)."""
+        super().train(mode)
+        self.freeze_batchnorm()
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused multi-layer features ``(B, C, H_t, W_t)`` of normalised images."""
+        features = self.feature_extractor(images)
+        return self.fusion([features[layer] for layer in self.feature_extractor.layers])
+
+    @staticmethod
+    def to_patches(features: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B H W, C)``, one row per 1x1 patch (A4)."""
+        return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+    def set_memory(self, patches: torch.Tensor, images: torch.Tensor) -> None:
+        """Replace the memory bank by ``patches`` (detached) and remember ``images`` for the refresh."""
+        self.memory_bank = patches.detach().float().clone()
+        self.bank_images = images.detach().clone()
+
+    def update_memory(self, patches: torch.Tensor, images: torch.Tensor, n_images: int) -> bool:
+        """Replace the bank by the first ``n_images`` images of a batch (A17); never from a short batch (T11).
+
+        Returns:
+            Whether the bank was replaced.
+        """
+        if images.shape[0] < n_images:
+            return False
+        per_image = patches.shape[0] // images.shape[0]
+        self.set_memory(patches[: n_images * per_image], images[:n_images])
+        return True
+
+    @torch.no_grad()
+    def refresh_memory(self, images: torch.Tensor | None = None, batch_size: int = 16) -> None:
+        """Re-embed the bank images with the current weights in eval mode (A18)."""
+        images = self.bank_images if images is None else images
+        was_training = self.training
+        self.eval()
+        starts = range(0, images.shape[0], batch_size)
+        patches = [self.to_patches(self.embed(images[i : i + batch_size])) for i in starts]
+        self.train(was_training)
+        self.memory_bank = torch.cat(patches).float()
+        self.bank_images = images.detach().clone()
+        self.bank_stale = False
+
+    # ------------------------------------------------------------------ scoring
+    def nearest_distances(self, queries: torch.Tensor) -> torch.Tensor:
+        """Mean Euclidean distance of every query ``(N, C)`` to its K nearest bank rows (Eq. 7-8): ``(N,)``.
+
+        Chunked over the bank (static trip count) so that it exports with a dynamic batch (T9).
+        """
+        queries = queries.float()
+        query_norms = queries.pow(2).sum(1, keepdim=True)
+        best: torch.Tensor | None = None
+        for start in range(0, self.memory_bank.shape[0], self.knn_chunk_size):
+            chunk = self.memory_bank[start : start + self.knn_chunk_size]
+            squared = query_norms + chunk.pow(2).sum(1)[None] - 2.0 * queries @ chunk.T
+            distances = squared.clamp_min(0).sqrt()
+            values = distances.topk(min(self.num_neighbors, chunk.shape[0]), dim=1, largest=False).values
+            if best is not None:
+                values = torch.cat([best, values], dim=1)
+                values = values.topk(min(self.num_neighbors, values.shape[1]), dim=1, largest=False).values
+            best = values
+        return best.mean(dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
+        """Fused features in training; ``InferenceBatch(pred_score (B,), anomaly_map (B,1,H,W))`` in eval."""
+        features = self.embed(images)
+        if self.training:
+            return features
+        if self.memory_bank.shape[0] == 0:
+            msg = "SMCC memory bank is empty: fit the model (or load a checkpoint) before inference"
+            raise RuntimeError(msg)
+        height, width = features.shape[-2:]
+        patch_scores = self.nearest_distances(self.to_patches(features)).reshape(-1, 1, height, width)
+        align = False if self.upsample_mode in {"bilinear", "bicubic"} else None
+        upsampled = F.interpolate(patch_scores, size=images.shape[-2:], mode=self.upsample_mode, align_corners=align)
+        anomaly_map = self.blur(upsampled)
+        if self.image_score == "max":
+            pred_score = anomaly_map.amax(dim=(-3, -2, -1))
+        elif self.image_score == "max_patch":
+            pred_score = patch_scores.amax(dim=(-3, -2, -1))
+        else:
+            flat = anomaly_map.flatten(1)
+            pred_score = flat.topk(min(self.image_score_topk, flat.shape[1]), dim=1).values.mean(dim=1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
