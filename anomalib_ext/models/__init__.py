@@ -1,5 +1,6 @@
 """The models of anomalib-ext, each a direct :class:`anomalib.models.components.AnomalibModule` subclass."""
 
+from .n2n import N2N
 from .rbae import RBAE
 
-__all__: list[str] = ["RBAE"]
+__all__: list[str] = ["N2N", "RBAE"]
