@@ -192,7 +192,12 @@ def build_demo_textures(
         (staging / MANIFEST).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
         if target.exists():
             shutil.rmtree(target)
-        staging.replace(target)
+        try:
+            staging.replace(target)
+        except OSError:
+            # Another process (e.g. a second DDP rank) finished the same build first.
+            if not (manifest.is_file() and json.loads(manifest.read_text()) == options):
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -47,7 +47,7 @@ def main() -> None:
                     axis.set_yticks([])
         figure.tight_layout()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(args.out, dpi=80)
+        figure.savefig(args.out, dpi=64)
     print(f"wrote {args.out}")
 
 
