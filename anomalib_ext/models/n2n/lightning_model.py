@@ -298,7 +298,15 @@ class N2N(AnomalibModule):
         del args, kwargs
         reconstruction, clean = self.model(batch.image, generator=self._noise_generator)
         loss = self.loss(reconstruction, clean)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=batch.image.shape[0],
+        )
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
