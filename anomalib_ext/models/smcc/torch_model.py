@@ -119,6 +119,7 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         self.register_buffer("centres_fitted", torch.tensor(False))
         self.register_buffer("bank_images", torch.empty(0), persistent=False)
         self.bank_stale = False
+        self.freeze_batchnorm()
 
     # ------------------------------------------------------------------ training-state helpers
     def _set_trainable(self, scope: str | Sequence[str], train_bn_affine: bool) -> None:
@@ -157,7 +158,7 @@ class SmccModel(DynamicBufferMixin, nn.Module):
 
     def set_memory(self, patches: torch.Tensor, images: torch.Tensor) -> None:
         """Replace the memory bank by ``patches`` (detached) and remember ``images`` for the refresh."""
-        self.memory_bank = patches.detach().float().clone()
+        self.memory_bank = patches.detach().clone()
         self.bank_images = images.detach().clone()
 
     def update_memory(self, patches: torch.Tensor, images: torch.Tensor, n_images: int) -> bool:
@@ -181,7 +182,7 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         starts = range(0, images.shape[0], batch_size)
         patches = [self.to_patches(self.embed(images[i : i + batch_size])) for i in starts]
         self.train(was_training)
-        self.memory_bank = torch.cat(patches).float()
+        self.memory_bank = torch.cat(patches)
         self.bank_images = images.detach().clone()
         self.bank_stale = False
 
@@ -191,11 +192,12 @@ class SmccModel(DynamicBufferMixin, nn.Module):
 
         Chunked over the bank (static trip count) so that it exports with a dynamic batch (T9).
         """
-        queries = queries.float()
+        dtype = torch.promote_types(queries.dtype, torch.float32)  # never below fp32 (T19)
+        queries = queries.to(dtype)
         query_norms = queries.pow(2).sum(1, keepdim=True)
         best: torch.Tensor | None = None
         for start in range(0, self.memory_bank.shape[0], self.knn_chunk_size):
-            chunk = self.memory_bank[start : start + self.knn_chunk_size]
+            chunk = self.memory_bank[start : start + self.knn_chunk_size].to(dtype)
             squared = query_norms + chunk.pow(2).sum(1)[None] - 2.0 * queries @ chunk.T
             distances = squared.clamp_min(0).sqrt()
             values = distances.topk(min(self.num_neighbors, chunk.shape[0]), dim=1, largest=False).values

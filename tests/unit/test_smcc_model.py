@@ -1,0 +1,178 @@
+"""Unit tests of SMCC's torch model and Lightning module: memory bank, scoring, buffers (spec section 10)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from anomalib_ext.models.smcc import SMCC
+from anomalib_ext.models.smcc.loss import SmccLoss
+from anomalib_ext.models.smcc.torch_model import SmccModel
+
+LITE0_LAYERS = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+
+
+def tiny_model(**kwargs: object) -> SmccModel:
+    torch.manual_seed(0)
+    options = {"pre_trained": False, "fusion_layer_index": 1, "sigma": 2.0} | kwargs
+    return SmccModel("efficientnet_lite0", LITE0_LAYERS, **options)
+
+
+# ---------------------------------------------------------------------------- memory bank (items 16-20)
+def test_full_batch_replaces_the_bank_with_its_detached_patches() -> None:
+    model = tiny_model()
+    images = torch.rand(3, 3, 32, 32)
+    patches = model.to_patches(model(images))
+    assert model.update_memory(patches, images, n_images=2)
+    per_image = 4 * 4  # 32 px at stride 8
+    assert model.memory_bank.shape == (2 * per_image, 496)
+    assert not model.memory_bank.requires_grad
+    assert torch.equal(model.memory_bank, patches[: 2 * per_image].detach())
+    assert torch.equal(model.bank_images, images[:2])
+
+
+def test_short_batch_leaves_the_bank_unchanged() -> None:
+    model = tiny_model()
+    images = torch.rand(2, 3, 32, 32)
+    model.update_memory(model.to_patches(model(images)), images, n_images=2)
+    before = model.memory_bank.clone()
+    short = torch.rand(1, 3, 32, 32)
+    assert not model.update_memory(model.to_patches(model(short)), short, n_images=2)
+    assert torch.equal(model.memory_bank, before)
+
+
+def test_refresh_re_embeds_the_bank_images_in_eval_mode() -> None:
+    model = tiny_model()
+    images = torch.rand(2, 3, 32, 32)
+    model.set_memory(torch.zeros(5, 496), images)
+    model.refresh_memory()
+    with torch.no_grad():
+        expected = model.to_patches(model.eval().embed(images))
+    assert torch.allclose(model.memory_bank, expected)
+    assert not model.bank_stale
+
+
+def test_batchnorm_statistics_stay_frozen_while_the_backbone_adapts() -> None:
+    model = tiny_model().train()
+    centres = torch.randn(3, 496)
+    norms = {name: buf.clone() for name, buf in model.named_buffers() if "running" in name or "num_batches" in name}
+    weights_before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(2):
+        loss, _ = SmccLoss()(model.to_patches(model(torch.rand(2, 3, 32, 32))), centres)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert norms
+    for name, buffer in model.named_buffers():
+        if name in norms:
+            assert torch.equal(buffer, norms[name]), name
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(weights_before, model.parameters(), strict=True))
+    assert all(not m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def test_trainable_scope_and_bn_affine_keys_freeze_parameters() -> None:
+    model = tiny_model(trainable_scope=["blocks.6"], train_bn_affine=False)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    assert all("blocks.6" in name and ".bn" not in name for name in trainable)
+
+
+# ---------------------------------------------------------------------------- scoring (items 21-25)
+@pytest.mark.parametrize(("k", "expected"), [(1, 0.0), (2, 0.5), (3, 1.0)])
+def test_knn_score_is_the_mean_of_the_k_smallest_distances(k: int, expected: float) -> None:
+    model = tiny_model(num_neighbors=k)
+    model.memory_bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    assert model.nearest_distances(torch.tensor([[0.0, 0.0]])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_chunked_knn_equals_unchunked() -> None:
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(1000, 16, generator=generator), torch.randn(50, 16, generator=generator)
+    whole, chunked = tiny_model(knn_chunk_size=4096), tiny_model(knn_chunk_size=77)
+    whole.memory_bank = chunked.memory_bank = bank
+    assert torch.allclose(whole.nearest_distances(queries), chunked.nearest_distances(queries), rtol=1e-5)
+
+
+def test_scoring_the_bank_images_gives_near_zero_with_k1() -> None:
+    model = tiny_model(num_neighbors=1).double()
+    images = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        model.memory_bank = model.to_patches(model.embed(images))
+        scores = model.nearest_distances(model.memory_bank.clone())
+    assert scores.abs().max().item() < 1e-4
+
+
+def test_constant_patch_scores_give_a_constant_map_and_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model(sigma=4.0).eval()
+    model.memory_bank = torch.zeros(4, 496)
+    monkeypatch.setattr(model, "nearest_distances", lambda queries: torch.full((queries.shape[0],), 2.5))
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, 64, 64))
+    assert torch.allclose(output.anomaly_map, torch.full_like(output.anomaly_map, 2.5), atol=1e-6)
+    assert torch.allclose(output.pred_score, torch.full((2,), 2.5), atol=1e-6)
+
+
+def test_gaussian_sigma_4_uses_a_33_pixel_kernel() -> None:
+    assert tiny_model(sigma=4.0).blur.kernel.shape[-2:] == (33, 33)
+
+
+@pytest.mark.parametrize("image_score", ["max", "max_patch", "topk_mean"])
+def test_image_score_variants_are_bounded_by_the_map(image_score: str) -> None:
+    model = tiny_model(image_score=image_score)
+    images = torch.rand(2, 3, 32, 32)
+    model.set_memory(model.to_patches(model(torch.rand(2, 3, 32, 32))), images)
+    with torch.no_grad():
+        output = model.eval()(images)
+    assert output.pred_score.shape == (2,)
+    if image_score != "max_patch":
+        assert (output.pred_score <= output.anomaly_map.flatten(1).amax(1) + 1e-6).all()
+
+
+# ---------------------------------------------------------------------------- buffers, module, paper numbers
+def test_data_built_state_is_in_persistent_buffers() -> None:
+    state = tiny_model().state_dict()
+    assert {"centres", "memory_bank", "centres_fitted"} <= set(state)
+    assert "bank_images" not in state
+
+
+def test_buffers_of_any_size_load_into_a_fresh_model() -> None:
+    trained = tiny_model()
+    trained.centres = torch.randn(3, 496)
+    trained.memory_bank = torch.randn(32, 496)
+    trained.centres_fitted = torch.tensor(True)
+    fresh = tiny_model()
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(fresh.centres, trained.centres)
+    assert torch.equal(fresh.memory_bank, trained.memory_bank)
+    assert bool(fresh.centres_fitted)
+
+
+def test_lightning_module_validates_its_keys() -> None:
+    with pytest.raises(ValueError, match="n_components"):
+        SMCC(backbone="efficientnet_lite0", layers=LITE0_LAYERS, pre_trained=False, n_components=1)
+    with pytest.raises(ValueError, match="center_source"):
+        SMCC(backbone="efficientnet_lite0", layers=LITE0_LAYERS, pre_trained=False, center_source="means")
+
+
+def test_lightning_module_defaults_follow_the_paper() -> None:
+    model = SMCC(backbone="efficientnet_lite0", layers=LITE0_LAYERS, pre_trained=False)
+    assert model.input_size == (224, 224)
+    assert model.trainer_arguments == {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+    assert model.hparams.n_components == 10
+    assert model.hparams.sampling_rate == 0.1
+    assert model.hparams.memory_bank_images == 16
+    assert (model.hparams.lr, model.hparams.weight_decay) == (1e-3, 5e-4)
+    assert model.hparams.backbone == "efficientnet_lite0"
+    assert SMCC.__init__.__defaults__[0] == "wide_resnet50_2.tv_in1k"
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["weight_decay"] == 5e-4
+
+
+def test_paper_memory_bank_size() -> None:
+    # section 10 item 32: 16 images x 56 x 56 patches x 3840 channels (layers 1-4), fp32
+    assert 16 * 56 * 56 * 3840 == 192_675_840
+    assert pytest.approx(343.0, abs=0.05) == 16 * 56 * 56 * 1792 * 4 / 2**20  # layers 1-3: Table VII's "344 M"
