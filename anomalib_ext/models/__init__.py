@@ -2,5 +2,6 @@
 
 from .n2n import N2N
 from .rbae import RBAE
+from .smcc import SMCC
 
-__all__: list[str] = ["N2N", "RBAE"]
+__all__: list[str] = ["N2N", "RBAE", "SMCC"]
