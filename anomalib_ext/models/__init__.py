@@ -1,7 +1,8 @@
 """The models of anomalib-ext, each a direct :class:`anomalib.models.components.AnomalibModule` subclass."""
 
+from .mldfr import MLDFR
 from .n2n import N2N
 from .rbae import RBAE
 from .smcc import SMCC
 
-__all__: list[str] = ["N2N", "RBAE", "SMCC"]
+__all__: list[str] = ["MLDFR", "N2N", "RBAE", "SMCC"]

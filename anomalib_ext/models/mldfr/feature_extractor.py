@@ -1,0 +1,245 @@
+"""Multilevel feature fusion (MLFF) of MLDFR: frozen CNN maps + an asymmetric deep pair, on one grid.
+
+The fused features of an image concatenate, along channels and on the stride-16 token grid:
+
+1. a *shared* low-level set, the same on both sides: CNN taps (ResNet-18 ``layer1-3`` in the
+   paper) max-pooled down to the grid of the deepest tap;
+2. an *asymmetric* deep pair: a shallow tap for the input side (the damaged image, or the test
+   image) and a deep tap for the target side (the intact image, or the test image again). In the
+   paper these are CaiT-XS24-384 blocks 5 and 15. Offline (no pretrained transformer, A31) they are
+   the first and last block of EfficientNet-Lite0's stage 5, upsampled x2 to the grid.
+
+Either deep source can be switched off (``vit_backbone=None``, ``deep_branch=False``): with neither,
+this is the paper's CNN-only MLDFR (Table VII "R18 1+2+3"); with no CNN it is "CaiT 15-5".
+
+Backbones come from :mod:`anomalib_ext.backbones` (offline-first weights), are frozen
+(``requires_grad=False``) and kept in eval mode (BatchNorm running statistics never change).
+
+Example:
+    >>> import torch
+    >>> from anomalib_ext.models.mldfr.feature_extractor import MultilevelFeatureExtractor
+    >>> extractor = MultilevelFeatureExtractor(
+    ...     "efficientnet_lite0", [1, 2, 3], vit_backbone=None, deep_branch=True,
+    ...     input_size=(64, 64), pre_trained=False)
+    >>> f_in, f_tgt = extractor(torch.rand(1, 3, 64, 64))
+    >>> f_in.shape, extractor.num_channels, extractor.grid_size
+    (torch.Size([1, 368, 4, 4]), 368, (4, 4))
+
+See Also:
+    - Spec: sections 2.1.2-2.1.4, 8 and assumptions A1, A2, A4, A31 of ``methods/mldfr.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomalib_ext.backbones import FeatureExtractor, create_model
+
+CNN_POOLS = ("max", "avg")
+
+
+def _split_tap(tap: str) -> tuple[str, int]:
+    """``"blocks.5.3"`` -> (``"blocks.5"``, 3)."""
+    parent, _, index = tap.rpartition(".")
+    if not parent or not index.isdigit():
+        msg = f"Deep tap {tap!r} must name a block inside a stage, like 'blocks.5.0'."
+        raise ValueError(msg)
+    return parent, int(index)
+
+
+class MultilevelFeatureExtractor(nn.Module):
+    """Fused input-side and target-side features of images, on the backbones' stride-16 grid.
+
+    Args:
+        cnn_backbone: A1: timm name of the CNN (``"resnet18.tv_in1k"`` in the paper), or ``None``.
+        cnn_layers: CNN taps (timm feature names or indices), shallow to deep; all are pooled to
+            the grid of the last one.
+        cnn_pool: A4: ``"max"`` (paper text) or ``"avg"`` (public code) 2x2 pooling.
+        vit_backbone: timm name of the CaiT (``"cait_xs24_384.fb_dist_in1k"``), or ``None``.
+        vit_input_block: A2: 1-based CaiT block whose output is the input-side deep feature (5).
+        vit_target_block: A2: 1-based CaiT block whose output is the target-side deep feature (15).
+        deep_branch: A31: offline stand-in for CaiT: two blocks of the CNN stage after the last tap.
+        deep_input_tap: A31: block giving the input-side deep feature (``"blocks.5.0"``).
+        deep_target_tap: A31: block giving the target-side deep feature (``"blocks.5.3"``).
+        deep_upsample: A31: interpolation mode bringing the deep pair to the grid.
+        input_size: ``(H, W)`` of the images (sets CaiT's patch grid; fixed for export).
+        pre_trained: Real ImageNet weights (``False`` only for tests where weights do not matter).
+    """
+
+    def __init__(
+        self,
+        cnn_backbone: str | None = "resnet18.tv_in1k",
+        cnn_layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        cnn_pool: str = "max",
+        vit_backbone: str | None = "cait_xs24_384.fb_dist_in1k",
+        vit_input_block: int = 5,
+        vit_target_block: int = 15,
+        deep_branch: bool = False,
+        deep_input_tap: str = "blocks.5.0",
+        deep_target_tap: str = "blocks.5.3",
+        deep_upsample: str = "bilinear",
+        input_size: tuple[int, int] = (384, 384),
+        pre_trained: bool = True,
+    ) -> None:
+        super().__init__()
+        if cnn_pool not in CNN_POOLS:
+            msg = f"cnn_pool={cnn_pool!r} is invalid: accepted values are {CNN_POOLS}."
+            raise ValueError(msg)
+        if cnn_backbone is None and vit_backbone is None:
+            msg = "MLDFR needs at least one backbone: set cnn_backbone or vit_backbone."
+            raise ValueError(msg)
+        if deep_branch and cnn_backbone is None:
+            msg = "deep_branch=True takes its blocks from the CNN: set cnn_backbone."
+            raise ValueError(msg)
+        self.cnn_pool = cnn_pool
+        self.deep_upsample = deep_upsample
+        self.input_size = tuple(int(side) for side in input_size)
+        height, width = self.input_size
+        self.grid_size = (height // 16, width // 16)
+        self.num_channels = 0
+
+        self.cnn: FeatureExtractor | None = None
+        self.cnn_pool_steps: list[int] = []
+        self.deep_stage: nn.Sequential | None = None
+        if cnn_backbone is not None:
+            self.cnn = FeatureExtractor(cnn_backbone, layers=list(cnn_layers), pre_trained=pre_trained)
+            info = self.cnn.feature_extractor.feature_info
+            reductions = info.reduction()
+            self.grid_size = (height // reductions[-1], width // reductions[-1])
+            self.cnn_pool_steps = [round(math.log2(reductions[-1] / r)) for r in reductions]
+            self.num_channels += sum(info.channels())
+            if deep_branch:
+                self._build_deep_branch(info.module_name()[-1], deep_input_tap, deep_target_tap)
+                self.num_channels += self.deep_output_channels
+
+        self.vit: nn.Module | None = None
+        if vit_backbone is not None:
+            if not 1 <= vit_input_block <= vit_target_block:
+                msg = f"Need 1 <= vit_input_block ({vit_input_block}) <= vit_target_block ({vit_target_block})."
+                raise ValueError(msg)
+            self.vit_input_index = vit_input_block - 1
+            self.vit_target_index = vit_target_block - 1
+            kwargs = {} if pre_trained else {"img_size": self.input_size}  # random-weight tests at any size
+            self.vit = create_model(vit_backbone, pretrained=pre_trained, **kwargs)
+            self.vit.prune_intermediate_layers(indices=[self.vit_input_index, self.vit_target_index], prune_norm=True)
+            patch = self.vit.patch_embed.patch_size
+            vit_grid = (height // patch[0], width // patch[1])
+            if self.cnn is not None and vit_grid != self.grid_size:
+                msg = f"CNN grid {self.grid_size} and transformer grid {vit_grid} differ: check cnn_layers."
+                raise ValueError(msg)
+            self.grid_size = vit_grid
+            self.num_channels += self.vit.embed_dim
+        self.requires_grad_(False)
+        self.eval()
+
+    def _build_deep_branch(self, last_tap: str, input_tap: str, target_tap: str) -> None:
+        stage_name, input_index = _split_tap(input_tap)
+        target_stage_name, target_index = _split_tap(target_tap)
+        parent, _, stage_index = stage_name.rpartition(".")
+        last_parent, _, last_index = last_tap.rpartition(".")
+        if (
+            target_stage_name != stage_name
+            or target_index < input_index
+            or parent != last_parent
+            or int(stage_index) != int(last_index) + 1
+        ):
+            msg = (
+                f"deep_input_tap={input_tap!r} and deep_target_tap={target_tap!r} must be blocks (input first) "
+                f"of the stage right after the last CNN tap {last_tap!r}."
+            )
+            raise ValueError(msg)
+        assert self.cnn is not None
+        stages = self.cnn.feature_extractor.get_submodule(parent)
+        stage = stages[int(stage_index)]
+        self.deep_stage = nn.Sequential(*list(stage.children())[: target_index + 1])
+        self.deep_input_blocks = input_index + 1
+        # The CNN never needs the stages after its last tap: drop them so they are not computed.
+        if isinstance(stages, nn.Sequential):
+            self.cnn.feature_extractor.add_module(parent, stages[: int(last_index) + 1])
+        self.deep_stage.eval()
+        with torch.no_grad():
+            probe = torch.zeros(1, self.cnn.feature_extractor.feature_info.channels()[-1], 4, 4)
+            self.deep_output_channels = int(self.deep_stage(probe).shape[1])
+
+    def train(self, mode: bool = True) -> MultilevelFeatureExtractor:
+        """Backbones stay in eval mode whatever the caller asks (frozen BatchNorm)."""
+        return super().train(False)
+
+    def _pool(self, features: torch.Tensor, steps: int) -> torch.Tensor:
+        pool = F.max_pool2d if self.cnn_pool == "max" else F.avg_pool2d
+        for _ in range(steps):
+            features = pool(features, kernel_size=2, stride=2)
+        return features
+
+    def _cnn_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled low-level concat ``(B, sum C_i, h, w)`` and the raw last tap."""
+        assert self.cnn is not None
+        taps = list(self.cnn(images).values())
+        pooled = [self._pool(tap, steps) for tap, steps in zip(taps, self.cnn_pool_steps, strict=True)]
+        return torch.cat(pooled, dim=1), taps[-1]
+
+    def _to_grid(self, features: torch.Tensor) -> torch.Tensor:
+        align = False if self.deep_upsample in {"bilinear", "bicubic"} else None
+        return F.interpolate(features, size=self.grid_size, mode=self.deep_upsample, align_corners=align)
+
+    def _vit_features(self, images: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        assert self.vit is not None
+        return self.vit.forward_intermediates(
+            images,
+            indices=indices,
+            stop_early=True,
+            output_fmt="NCHW",
+            intermediates_only=True,
+        )
+
+    @torch.no_grad()
+    def forward(
+        self,
+        images: torch.Tensor,
+        damaged: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-side and target-side fused features, each ``(B, C, h, w)``.
+
+        Args:
+            images: Normalised intact (training) or test images ``(B, 3, H, W)``.
+            damaged: Normalised damaged copies (training); ``None`` takes both sides from ``images``.
+
+        Returns:
+            ``(F_in, F_tgt)``: input side from ``damaged`` (or ``images``), target side from ``images``.
+        """
+        self.eval()
+        batch = images.shape[0]
+        inputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        if self.cnn is not None:
+            both = images if damaged is None else torch.cat([images, damaged])
+            low, last = self._cnn_features(both)
+            inputs.append(low if damaged is None else low[batch:])
+            targets.append(low[:batch])
+            if self.deep_stage is not None:
+                blocks = list(self.deep_stage.children())
+                shallow = last
+                for block in blocks[: self.deep_input_blocks]:
+                    shallow = block(shallow)
+                deep = shallow[:batch]
+                for block in blocks[self.deep_input_blocks :]:
+                    deep = block(deep)
+                inputs.append(self._to_grid(shallow if damaged is None else shallow[batch:]))
+                targets.append(self._to_grid(deep))
+        if self.vit is not None:
+            if damaged is None and self.vit_input_index == self.vit_target_index:
+                (shallow,) = self._vit_features(images, [self.vit_input_index])
+                deep = shallow
+            elif damaged is None:
+                shallow, deep = self._vit_features(images, [self.vit_input_index, self.vit_target_index])
+            else:
+                (deep,) = self._vit_features(images, [self.vit_target_index])
+                (shallow,) = self._vit_features(damaged, [self.vit_input_index])
+            inputs.append(shallow)
+            targets.append(deep)
+        return torch.cat(inputs, dim=1), torch.cat(targets, dim=1)

@@ -1,0 +1,122 @@
+"""Shape tests of MLDFR's feature fusion and torch model (spec section 3 and section 8 tables)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_ext.models.mldfr.feature_extractor import MultilevelFeatureExtractor
+from anomalib_ext.models.mldfr.torch_model import MLDFRModel
+
+OFFLINE = {"cnn_backbone": "efficientnet_lite0", "cnn_layers": [1, 2, 3], "vit_backbone": None}
+
+
+@pytest.fixture(scope="module")
+def offline_model() -> MLDFRModel:
+    return MLDFRModel(
+        **OFFLINE, deep_branch=True, input_size=(64, 64), num_blocks=1, gaussian_sigma=2.0, pre_trained=False
+    )
+
+
+def test_offline_taps_are_pooled_to_the_stride_16_grid(offline_model: MLDFRModel) -> None:
+    extractor = offline_model.feature_extractor
+    size = 64
+    grid = size // 16
+    taps = list(extractor.cnn(torch.rand(1, 3, size, size)).values())
+    # Lite0 blocks.1 / blocks.2 / blocks.4: 24 / 40 / 112 channels at strides 4 / 8 / 16
+    assert [tuple(tap.shape[1:]) for tap in taps] == [
+        (24, size // 4, size // 4),
+        (40, size // 8, size // 8),
+        (112, grid, grid),
+    ]
+    assert extractor.cnn_pool_steps == [2, 1, 0]
+    f_in, f_tgt = extractor(torch.rand(2, 3, size, size))
+    # 24 + 40 + 112 low-level + 192 (stage-5 pair, upsampled x2) = 368
+    assert extractor.num_channels == 24 + 40 + 112 + 192 == 368
+    assert f_in.shape == f_tgt.shape == (2, 368, grid, grid)
+
+
+def test_offline_low_level_channels_are_shared_and_deep_pair_differs(offline_model: MLDFRModel) -> None:
+    f_in, f_tgt = offline_model.feature_extractor(torch.rand(1, 3, 64, 64))
+    torch.testing.assert_close(f_in[:, :176], f_tgt[:, :176])
+    assert not torch.allclose(f_in[:, 176:], f_tgt[:, 176:])
+
+
+def test_cnn_only_variant_has_176_channels() -> None:
+    extractor = MultilevelFeatureExtractor(**OFFLINE, deep_branch=False, input_size=(64, 64), pre_trained=False)
+    assert extractor.num_channels == 176
+    assert extractor(torch.rand(1, 3, 64, 64))[0].shape == (1, 176, 4, 4)
+
+
+def test_training_forward_returns_restored_and_target_features(offline_model: MLDFRModel) -> None:
+    offline_model.train()
+    images, damaged = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    restored, target = offline_model(images, damaged)
+    assert restored.shape == target.shape == (2, 368, 4, 4)
+    assert restored.requires_grad
+    assert not target.requires_grad
+    with pytest.raises(ValueError, match="damaged"):
+        offline_model(images)
+    offline_model.eval()
+
+
+def test_eval_forward_returns_map_and_score(offline_model: MLDFRModel) -> None:
+    offline_model.eval()
+    images = torch.rand(3, 3, 64, 64)
+    output = offline_model(images)
+    assert isinstance(output, InferenceBatch)
+    assert output.anomaly_map.shape == (3, 1, 64, 64)
+    assert output.pred_score.shape == (3, 1)
+    assert (output.anomaly_map >= 0).all()
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(-2, -1)), rtol=0, atol=0)
+    again = offline_model(images)  # no damage or randomness in eval
+    torch.testing.assert_close(again.anomaly_map, output.anomaly_map, rtol=0, atol=0)
+
+
+def test_backbone_batchnorm_stays_in_eval_mode(offline_model: MLDFRModel) -> None:
+    offline_model.train()
+    assert not offline_model.feature_extractor.training
+    assert all(not module.training for module in offline_model.feature_extractor.modules())
+    assert offline_model.restorer.training
+    offline_model.eval()
+
+
+def test_state_dict_holds_restorer_and_backbone_buffers_but_not_constants(offline_model: MLDFRModel) -> None:
+    keys = offline_model.state_dict().keys()
+    assert "restorer.pos_embed" in keys
+    assert any(key.endswith("running_mean") for key in keys)  # frozen BatchNorm statistics travel too
+    assert "mean" not in keys
+    assert "std" not in keys
+
+
+@pytest.mark.slow  # about 30 s on 2 shared cores: CaiT and a 736-wide restorer at 384 px
+def test_paper_configuration_shapes_at_384() -> None:
+    # ResNet-18 layer1-3 + CaiT-XS24 blocks 5/15 (random weights), one restoration block for speed.
+    model = MLDFRModel(input_size=(384, 384), num_blocks=1, pre_trained=False).eval()
+    extractor = model.feature_extractor
+    images = torch.rand(1, 3, 384, 384)
+    taps = list(extractor.cnn(images).values())
+    assert [tuple(tap.shape[1:]) for tap in taps] == [(64, 96, 96), (128, 48, 48), (256, 24, 24)]
+    assert extractor.num_channels == 64 + 128 + 256 + 288 == 736
+    assert extractor.grid_size == (24, 24)
+    with torch.no_grad():
+        cait5, cait15 = extractor._vit_features(images, [4, 14])
+        assert cait5.shape == cait15.shape == (1, 288, 24, 24)
+        # taps equal a manual loop over the blocks (1-based block 5 = blocks[4]), row-major tokens
+        vit = extractor.vit
+        tokens = vit.patch_embed(images) + vit.pos_embed
+        for block in vit.blocks[:5]:
+            tokens = block(tokens)
+        torch.testing.assert_close(tokens.reshape(1, 24, 24, 288).permute(0, 3, 1, 2), cait5)
+        output = model(images)
+    assert model.restorer.pos_embed.shape == (1, 576, 736)
+    assert output.anomaly_map.shape == (1, 1, 384, 384)
+    assert output.pred_score.shape == (1, 1)
+
+
+def test_invalid_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="score_aggregation"):
+        MLDFRModel(**OFFLINE, input_size=(64, 64), score_aggregation="median", pre_trained=False)
+    with pytest.raises(ValueError, match="at least one backbone"):
+        MultilevelFeatureExtractor(cnn_backbone=None, vit_backbone=None, pre_trained=False)
