@@ -1,0 +1,162 @@
+"""Tests of ``FmgrdModel`` (torch) and the ``FMGRD`` Lightning module: shapes, counts, freezing, optimiser, configs."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from anomalib.data import InferenceBatch
+
+from anomalib_ext.models import FMGRD
+from anomalib_ext.models.fmgrd.torch_model import FmgrdModel
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+LITE0_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
+
+
+def n_params(module: torch.nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+@pytest.fixture(scope="module")
+def wrn_model() -> FmgrdModel:
+    return FmgrdModel("wide_resnet50_2", input_size=(64, 64), pre_trained=False)
+
+
+def test_wrn50_parameter_counts_match_the_spec(wrn_model):
+    assert n_params(wrn_model.encoder) == 24_862_528
+    assert not any(p.requires_grad for p in wrn_model.encoder.parameters())
+    assert n_params(wrn_model.msff) == 13_769_728
+    assert n_params(wrn_model.oce) == 41_971_712
+    assert n_params(wrn_model.decoder) == 24_917_504
+    assert [n_params(f) for f in wrn_model.fmm] == [1_245_952, 4_982_272, 19_926_016]
+    assert n_params(wrn_model, trainable=True) == 109_767_424
+
+
+def test_wrn50_training_forward_shapes_follow_the_shape_table(wrn_model):
+    wrn_model.train()
+    teacher, generated, decoded = wrn_model(torch.rand(1, 3, 64, 64))
+    expected = [(1, 256, 16, 16), (1, 512, 8, 8), (1, 1024, 4, 4)]  # 64 px: strides 4/8/16
+    assert [tuple(t.shape) for t in teacher] == expected
+    assert [tuple(t.shape) for t in generated] == expected
+    assert [tuple(t.shape) for t in decoded] == expected
+
+
+@pytest.mark.parametrize(
+    ("backbone", "layers", "channels"),
+    [
+        ("resnet18", ("layer1", "layer2", "layer3"), (64, 128, 256)),
+        ("efficientnet_lite0", LITE0_LAYERS, (24, 40, 112)),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_train_and_eval_outputs_have_the_documented_shapes(backbone, layers, channels, batch):
+    size = 64
+    model = FmgrdModel(backbone, input_size=(size, size), layers=layers, pre_trained=False)
+    images = torch.rand(batch, 3, size, size)
+    teacher, generated, _ = model.train()(images)
+    assert [tuple(t.shape) for t in generated] == [
+        (batch, c, size // s, size // s) for c, s in zip(channels, (4, 8, 16), strict=True)
+    ]
+    assert [t.shape for t in teacher] == [t.shape for t in generated]
+    bottleneck = model.oce(model.scsatt(model.msff(teacher)))
+    expected_fb = 512 if backbone == "resnet18" else 320
+    assert bottleneck.shape == (batch, expected_fb, size // 32, size // 32)
+    out = model.eval()(images)
+    assert isinstance(out, InferenceBatch)
+    assert out.anomaly_map.shape == (batch, 1, size, size)
+    assert out.pred_score.shape == (batch, 1)
+    torch.testing.assert_close(out.pred_score, out.anomaly_map.amax(dim=(-2, -1)))
+
+
+def test_offline_variant_trainable_count_matches_spec_section_8():
+    model = FmgrdModel("efficientnet_lite0", input_size=(64, 64), layers=LITE0_LAYERS, pre_trained=False)
+    assert n_params(model, trainable=True) == 4_299_552
+    assert n_params(model.encoder) == 2_958_848
+
+
+def test_a_training_step_leaves_the_teacher_untouched_and_reaches_every_trainable_parameter():
+    """No unused parameters (DDP with find_unused_parameters=False) and a frozen teacher incl. BN stats."""
+    model = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False).train()
+    teacher_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    oce_bn_before = model.oce.layers[0].bn1.running_mean.clone()
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    teacher, generated, _ = model(torch.rand(2, 3, 64, 64))
+    loss = sum(
+        (1 - torch.nn.functional.cosine_similarity(t, g)).mean() for t, g in zip(teacher, generated, strict=True)
+    )
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    optimiser.step()
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    assert model.encoder.training is False
+    assert not torch.equal(model.oce.layers[0].bn1.running_mean, oce_bn_before)
+
+
+def test_tagged_backbone_names_are_stripped_for_architecture_lookups():
+    model = FmgrdModel("resnet18.tv_in1k", input_size=(64, 64), pre_trained=False)
+    assert type(model.oce.layers[0]).__name__ == "BasicBlock"
+    assert len(model.oce.layers) == 2
+
+
+def test_state_dict_holds_teacher_and_student_batchnorm_statistics():
+    model = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False)
+    keys = set(model.state_dict())
+    assert "encoder.feature_extractor.bn1.running_mean" in keys
+    assert "oce.layers.0.bn1.running_var" in keys
+    assert "decoder.layer1.0.bn1.num_batches_tracked" in keys
+    assert "anomaly_map_generator.blur.kernel" in keys
+
+
+def small_lightning_model(**kwargs) -> FMGRD:
+    return FMGRD(
+        backbone="resnet18",
+        pre_trained=False,
+        pre_processor=FMGRD.configure_pre_processor((64, 64)),
+        **kwargs,
+    )
+
+
+def test_optimiser_holds_only_the_student_side_with_paper_settings():
+    model = small_lightning_model()
+    optimiser = model.configure_optimizers()
+    params = [p for group in optimiser.param_groups for p in group["params"]]
+    assert sum(p.numel() for p in params) == 14_780_096  # spec section 3, ResNet-18 trainable total
+    group = optimiser.param_groups[0]
+    assert group["lr"] == 1e-3
+    assert group["betas"] == (0.5, 0.999)
+    assert group["weight_decay"] == pytest.approx(2e-5)
+    assert not any(p is q for p in params for q in model.model.encoder.parameters())
+
+
+def test_trainer_arguments_do_not_force_epochs_or_devices_and_evaluator_has_aupro():
+    model = small_lightning_model()
+    assert model.trainer_arguments == {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+    names = [type(metric).__name__ for metric in model.evaluator.test_metrics]
+    assert "AUPRO" in names
+    aupro = next(m for m in model.evaluator.test_metrics if type(m).__name__ == "AUPRO")
+    assert aupro.fpr_limit == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["fmgrd.yaml", "fmgrd_cpu.yaml"])
+def test_config_keys_are_exactly_the_constructor_arguments(name):
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    assert config["model"]["class_path"] == "anomalib_ext.models.FMGRD"
+    init_args = set(config["model"]["init_args"])
+    signature = set(inspect.signature(FMGRD.__init__).parameters) - {"self"}
+    assert init_args == signature - {"post_processor", "evaluator", "visualizer"}
+    assert "max_epochs" in config["trainer"]
+
+
+def test_cpu_config_builds_the_offline_variant():
+    args = yaml.safe_load((CONFIGS / "fmgrd_cpu.yaml").read_text())["model"]["init_args"]
+    args.pop("pre_processor")
+    args["pre_trained"] = False
+    model = FMGRD(**args, pre_processor=FMGRD.configure_pre_processor((128, 128)))
+    assert model.model.encoder.out_dims == [24, 40, 112]
+    assert n_params(model.model, trainable=True) == 4_299_552
