@@ -352,7 +352,7 @@ class SMCC(AnomalibModule):
         if n_seen < n_bank_images:
             msg = (
                 f"SMCC needs at least memory_bank_images={self.memory_bank_images} training images "
-                f"(x world size {self._world_size}), got {n_seen}"
+                f"for the clustering pass and the initial bank, got {n_seen}"
             )
             raise ValueError(msg)
         patches = torch.cat(pool)
@@ -364,18 +364,16 @@ class SMCC(AnomalibModule):
 
     def _fit_centres(self, initialise_bank: bool = True) -> None:
         """Stage 0 on rank 0, broadcast to all ranks (T18); optionally initialise the bank (A17)."""
-        world, rank = self._world_size, self.trainer.global_rank
-        per_rank = self._bank_images_per_rank
-        result = self._cluster(world * per_rank) if rank == 0 else None
-        if world > 1:
+        rank = self.trainer.global_rank
+        result = self._cluster(self.memory_bank_images) if rank == 0 else None
+        if self._world_size > 1:
             result = self.trainer.strategy.broadcast(result, src=0)
+            self.trainer.strategy.barrier("smcc_centres")
         centres, bank_images = result
         self.model.centres = centres.to(self.device)
         self.model.centres_fitted = torch.tensor(True, device=self.device)
-        if initialise_bank:
-            bank_images = bank_images.to(self.device)
-            self.model.refresh_memory(bank_images[: self.memory_bank_images])
-            self.model.bank_images = bank_images[rank * per_rank : (rank + 1) * per_rank].clone()
+        if initialise_bank:  # A17: the first memory_bank_images images of the clustering pass, same on all ranks
+            self.model.refresh_memory(bank_images[: self.memory_bank_images].to(self.device))
 
     def on_train_start(self) -> None:
         """Check sizes, freeze BatchNorm (T2) and run stage 0 unless the centres come from a checkpoint (T14)."""
@@ -426,10 +424,10 @@ class SMCC(AnomalibModule):
             self.model.bank_stale = False
             return
         images = local_images
-        if self._world_size > 1:
+        if self._world_size > 1:  # same batch sizes on all ranks (DistributedSampler), so same shapes here
             images = self.all_gather(local_images).reshape(-1, *local_images.shape[1:])
+        # afterwards every rank holds the same images and the same bank
         self.model.refresh_memory(images[: self.memory_bank_images])
-        self.model.bank_images = local_images
 
     def on_validation_start(self) -> None:
         """Refresh the bank before validation, hence before the checkpoint saved after it (T12)."""
