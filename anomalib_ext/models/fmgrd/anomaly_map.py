@@ -48,14 +48,18 @@ class AnomalyMapGenerator(nn.Module):
         )
 
     def forward(
-        self, teacher_features: Sequence[torch.Tensor], generated_features: Sequence[torch.Tensor]
+        self,
+        teacher_features: Sequence[torch.Tensor],
+        generated_features: Sequence[torch.Tensor],
+        image_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Return the smoothed anomaly map, ``(B, 1, H, W)``."""
+        """Return the smoothed anomaly map, ``(B, 1, H, W)``, at ``image_size`` (default: the constructor's)."""
+        size = tuple(image_size) if image_size is not None else self.image_size
         anomaly_map = None
         for teacher, generated in zip(teacher_features, generated_features, strict=True):
             distance = 1 - F.cosine_similarity(teacher.float(), generated.float(), dim=1)  # eq. 12
             distance = F.interpolate(
-                distance.unsqueeze(1), size=self.image_size, mode="bilinear", align_corners=self.align_corners
+                distance.unsqueeze(1), size=size, mode="bilinear", align_corners=self.align_corners
             )
             if anomaly_map is None:
                 anomaly_map = distance

@@ -265,7 +265,7 @@ class FMGRD(AnomalibModule):
         loss = self.loss(teacher, generated)
         if self.decoder_loss_weight > 0:
             loss = loss + self.decoder_loss_weight * self.loss(teacher, decoded)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
@@ -275,7 +275,7 @@ class FMGRD(AnomalibModule):
             predictions = self.model(batch.image)
         else:  # one eval-mode pass (no masks, BN statistics untouched) for both the map and val_loss
             teacher, generated, _ = self.model.extract(batch.image)
-            predictions = self.model.predict(teacher, generated)
+            predictions = self.model.predict(teacher, generated, batch.image.shape[-2:])
             self.log("val_loss", self.loss(teacher, generated).item(), on_epoch=True, batch_size=len(batch.image))
         return batch.update(**predictions._asdict())
 

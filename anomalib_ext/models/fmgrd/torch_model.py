@@ -224,9 +224,18 @@ class FmgrdModel(nn.Module):
         generated, decoded = self.decode(bottleneck)
         return teacher, generated, decoded
 
-    def predict(self, teacher: list[torch.Tensor], generated: list[torch.Tensor]) -> InferenceBatch:
-        """Anomaly map ``(B, 1, H, W)`` from eq. 12 per level (A15) and its max (or mean) as ``(B, 1)`` score."""
-        anomaly_map = self.anomaly_map_generator(teacher, generated)
+    def predict(
+        self,
+        teacher: list[torch.Tensor],
+        generated: list[torch.Tensor],
+        image_size: Sequence[int] | None = None,
+    ) -> InferenceBatch:
+        """Anomaly map ``(B, 1, H, W)`` from eq. 12 per level (A15) and its max (or mean) as ``(B, 1)`` score.
+
+        ``image_size`` defaults to ``input_size``; ``forward`` passes the images' own size, so a model
+        reloaded with another pre-processor size still returns maps as large as its input.
+        """
+        anomaly_map = self.anomaly_map_generator(teacher, generated, image_size)
         if self.score_mode == "max":
             pred_score = torch.amax(anomaly_map, dim=(-2, -1))
         else:
@@ -240,4 +249,4 @@ class FmgrdModel(nn.Module):
         teacher, generated, decoded = self.extract(images)
         if self.training:
             return teacher, generated, decoded
-        return self.predict(teacher, generated)
+        return self.predict(teacher, generated, images.shape[-2:])
