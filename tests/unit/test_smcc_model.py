@@ -176,3 +176,12 @@ def test_paper_memory_bank_size() -> None:
     # section 10 item 32: 16 images x 56 x 56 patches x 3840 channels (layers 1-4), fp32
     assert 16 * 56 * 56 * 3840 == 192_675_840
     assert pytest.approx(343.0, abs=0.05) == 16 * 56 * 56 * 1792 * 4 / 2**20  # layers 1-3: Table VII's "344 M"
+
+
+def test_every_trainable_parameter_gets_a_gradient() -> None:
+    # timm's EfficientNet runs all blocks even when only early ones are tapped: those are frozen (DDP)
+    model = SmccModel("efficientnet_lite0", ["blocks.1", "blocks.2"], pre_trained=False).train()
+    loss, _ = SmccLoss()(model.to_patches(model(torch.rand(2, 3, 32, 32))), torch.randn(3, 64))
+    loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert not any(p.requires_grad for p in model.feature_extractor.feature_extractor.blocks[3].parameters())

@@ -112,6 +112,7 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         self.freeze_bn_stats = freeze_bn_stats
         self.blur = GaussianBlur2d(sigma=sigma, channels=1)
         self._set_trainable(trainable_scope, train_bn_affine)
+        self._freeze_unused_parameters()
 
         channels = self.fusion.out_channels
         self.register_buffer("centres", torch.empty(0, channels))
@@ -132,6 +133,25 @@ class SmccModel(DynamicBufferMixin, nn.Module):
             for module in backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):  # also timm BatchNormAct2d
                     module.requires_grad_(False)
+
+    def _freeze_unused_parameters(self) -> None:
+        """Freeze parameters past the deepest tapped layer (A13: trainable only up to it).
+
+        timm's EfficientNet feature models run every block even when only early ones are tapped; those
+        parameters get no gradient and would make DDP fail. A tiny dry run finds them.
+        """
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        if not trainable or trainable[0][1].is_meta:
+            return
+        was_training = self.training
+        self.eval()
+        side = 2 * max(self.feature_extractor.reductions)
+        output = self.embed(torch.zeros(1, 3, side, side))
+        grads = torch.autograd.grad(output.sum(), [p for _, p in trainable], allow_unused=True)
+        for (_, parameter), grad in zip(trainable, grads, strict=True):
+            if grad is None:
+                parameter.requires_grad_(False)
+        self.train(was_training)
 
     def freeze_batchnorm(self) -> None:
         """Put every BatchNorm of the backbone in eval mode (frozen running statistics, A13/T2)."""
