@@ -1,0 +1,259 @@
+r"""Command line of the benchmark harness: ``python -m benchmarks --help``.
+
+Example:
+    The documented ``cpu`` run (``docs/benchmarks.md``)::
+
+        python -m benchmarks --profile cpu --name demo-cpu \\
+            --models mldfr,smcc,rbae,n2n,fmgrd,Patchcore,Padim,ReverseDistillation,Stfpm \\
+            --datasets DemoTextures --categories brick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+DEFAULT_MODELS = "mldfr,smcc,rbae,n2n,fmgrd,Patchcore,Padim,ReverseDistillation,Stfpm"
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _data_args(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    args = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            msg = f"--data-arg expects key=value, got {pair!r}"
+            raise argparse.ArgumentTypeError(msg)
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Train, test and time anomaly-detection models side by side; write CSV, markdown and charts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--models",
+        default=DEFAULT_MODELS,
+        help="comma-separated: our short names (mldfr, smcc, rbae, n2n, fmgrd), anomalib models "
+        "(Patchcore, Padim, ReverseDistillation, Stfpm, Draem, EfficientAd, ...) or class paths",
+    )
+    parser.add_argument(
+        "--datasets",
+        default="DemoTextures",
+        help="comma-separated datamodules: DemoTextures, DAGM, MVTecAD, Visa, MPDD, BTech, ... or class paths",
+    )
+    parser.add_argument(
+        "--categories",
+        default=None,
+        help="comma-separated categories for every dataset, or dataset:cat1+cat2 per dataset separated by ';' "
+        "(default: all categories of DemoTextures; required for other datasets)",
+    )
+    parser.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="settings profile")
+    parser.add_argument("--name", default=None, help="run name (folder under --root); default <profile>")
+    parser.add_argument("--root", type=Path, default=Path("benchmarks/runs"), help="folder of the runs")
+    parser.add_argument("--output", type=Path, default=None, help="run folder (overrides --root/--name)")
+    parser.add_argument("--data-root", default=None, help="dataset root passed to every datamodule")
+    parser.add_argument("--data-arg", action="append", default=[], help="extra datamodule argument key=value")
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help="epochs of every trained model (capped by the profile)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every job (Lightning's seed_everything)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and OpenVINO CPU threads of every job (1: stable timings on a shared machine; "
+        "on a dedicated machine use its core count)",
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="override the profile's input side")
+    parser.add_argument("--max-train-images", type=int, default=None, help="override the profile's training-image cap")
+    parser.add_argument("--repeats", type=int, default=None, help="override the profile's timed repeats")
+    parser.add_argument("--warmup", type=int, default=None, help="override the profile's warm-up passes")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one job may run before it is killed")
+    parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO export and its timings")
+    parser.add_argument("--retry-failed", action="store_true", help="run again the jobs whose stored record failed")
+    parser.add_argument("--force", action="store_true", help="ignore stored records, run everything again")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the stored records")
+    return parser
+
+
+def parse_categories(text: str | None, datasets: list[str]) -> dict[str, list[str]]:
+    """``brick,grass`` (for every dataset) or ``DemoTextures:brick+grass;MVTecAD:bottle`` -> {dataset: [...]}."""
+    from benchmarks.profiles import default_categories
+
+    if not text:
+        return {dataset: default_categories(dataset) for dataset in datasets}
+    if ":" not in text:
+        return dict.fromkeys(datasets, _split(text))
+    chosen: dict[str, list[str]] = {}
+    for part in text.split(";"):
+        dataset, _, categories = part.partition(":")
+        chosen[dataset.strip()] = [c for c in categories.split("+") if c]
+    for dataset in datasets:
+        if dataset not in chosen:
+            chosen[dataset] = default_categories(dataset)
+    return chosen
+
+
+class Display:
+    """Progress: a rich bar (job N of M, elapsed, time left) on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.live = self.console.is_terminal
+        self.started = time.monotonic()
+        self.run_times: list[float] = []
+        self.last_stage: dict[str, str] = {}
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("benchmark", total=total)
+
+    def __enter__(self) -> Display:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def _eta(self, index: int, total: int) -> str:
+        if not self.run_times:
+            return "?"
+        left = (total - index) * sum(self.run_times) / len(self.run_times)
+        return f"~{left / 60:.0f} min"
+
+    def __call__(self, event: str, job: Any, info: dict[str, Any]) -> None:
+        """Show ``event`` (``start``, ``poll``, ``done``, ``reused``) of ``job``."""
+        where = f"[{info['index'] + 1}/{info['total']}] {job.model} on {job.dataset}/{job.category}"
+        if event == "poll":
+            stage = info.get("stage", "starting")
+            if "epoch" in info:
+                stage += f" epoch {info['epoch']}/{info.get('max_epochs')}"
+            if "batch" in info:
+                stage += f" batch {info['batch']}/{info.get('batches')}"
+            self.progress.update(self.task, description=f"{where}: {stage} ({info['elapsed']:.0f} s)")
+            plain = info.get("stage", "") + (f" epoch {info['epoch']}" if "epoch" in info else "")
+            if not self.live and self.last_stage.get(job.key) != plain:
+                self.last_stage[job.key] = plain
+                self.console.print(f"{where}: {plain} ({info['elapsed']:.0f} s)", highlight=False)
+            return
+        if event == "start":
+            self.console.print(
+                f"{where}: start (runs left ~{self._eta(info['index'], info['total'])})", highlight=False
+            )
+            return
+        record = info["record"]
+        if event == "done":
+            self.run_times.append(float(record.get("wall_time_s") or 0))
+        status = "reused" if event == "reused" else "done"
+        summary = (
+            f"FAILED: {record['error']}"
+            if record.get("error")
+            else f"image AUROC {record.get('image_AUROC') or float('nan'):.3f}, "
+            f"AUPRO {record.get('pixel_AUPRO') or float('nan'):.3f}, "
+            f"{record.get('wall_time_s') or 0:.0f} s"
+        )
+        self.console.print(f"{where}: {status}, {summary}", highlight=False)
+        self.progress.advance(self.task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return 0 (failed jobs are recorded, not fatal)."""
+    from benchmarks.profiles import PROFILES
+    from benchmarks.report import write_report
+    from benchmarks.runner import Runner, load_record, make_jobs, write_run_info
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    profile = PROFILES[args.profile]
+    overrides = {
+        "image_size": args.image_size,
+        "max_train_images": args.max_train_images,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+    }
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if args.image_size:
+        overrides["demo_image_size"] = args.image_size
+    profile = dataclasses.replace(profile, **overrides)
+    output = args.output or args.root / (args.name or args.profile)
+    console = Console()
+    models = _split(args.models)
+    datasets = _split(args.datasets)
+    categories = parse_categories(args.categories, datasets)
+    data_args = _data_args(args.data_arg)
+    if args.data_root:
+        data_args["root"] = args.data_root
+
+    jobs = make_jobs(
+        models,
+        datasets,
+        categories,
+        profile,
+        seed=args.seed,
+        threads=args.threads,
+        epochs=args.max_epochs,
+        openvino=not args.no_openvino,
+        data_args=data_args,
+    )
+    started = datetime.now(timezone.utc)
+    if args.report_only:
+        records = [r for r in (load_record(output / "records" / f"{job.key}.json") for job in jobs) if r]
+    else:
+        output.mkdir(parents=True, exist_ok=True)
+        write_run_info(output, profile, args.seed, args.threads, argv, started_at=started.isoformat(timespec="seconds"))
+        console.print(f"benchmark: {len(jobs)} jobs, profile {profile.name}, output {output}", highlight=False)
+        with Display(len(jobs), console) as display:
+            runner = Runner(
+                output, timeout_s=args.timeout, retry_failed=args.retry_failed, force=args.force, progress=display
+            )
+            records = runner.run(jobs)
+        finished = datetime.now(timezone.utc)
+        write_run_info(
+            output,
+            profile,
+            args.seed,
+            args.threads,
+            argv,
+            started_at=started.isoformat(timespec="seconds"),
+            finished_at=finished.isoformat(timespec="seconds"),
+            wall_time_s=round((finished - started).total_seconds(), 1),
+            jobs=[job.key for job in jobs],
+        )
+    written = write_report(records, output)
+    failed = sum(1 for r in records if r.get("error"))
+    console.print(
+        f"report: {written['markdown'][0]}, {len(written['charts'])} charts, "
+        f"{len(written['heatmaps'])} heat-map grids; "
+        f"{failed} of {len(records)} jobs failed (see errors/)",
+        highlight=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

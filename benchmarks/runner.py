@@ -1,0 +1,366 @@
+"""The benchmark loop: jobs in order, each in its own process, resumable, crash-tolerant.
+
+Layout of a run folder (``benchmarks/runs/<name>`` by default)::
+
+    run.json                 seeds, versions, hardware, command, profile, timings
+    records/<key>.json       one result record per job (reused on the next run)
+    jobs/<key>.json          the job given to the worker
+    errors/<key>.txt         traceback of a failed job (``<key>.export.txt`` for export failures)
+    logs/<key>.log           the worker's output (Lightning's log)
+    artifacts/<key>/         checkpoint, OpenVINO IR, heat maps
+    results.csv, results.md, *.png   the report (:mod:`benchmarks.report`)
+
+``key`` is ``<profile>__<dataset>__<category>__<model>``. A stored record is reused when its
+settings hash matches the job's (change the epochs, the input size, ... and the job runs again);
+a failed record is reused too unless ``retry_failed`` is set, so a model that crashes is not
+re-run every time. A worker that dies without writing its record (segfault, out of memory,
+timeout) is recorded with the exit status and the tail of its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.profiles import (
+    PROJECT_ROOT,
+    Profile,
+    profile_dict,
+    resolve_data,
+    resolve_model,
+    settings_hash,
+)
+
+IDENTITY = ("model", "dataset", "category", "profile")
+
+
+@dataclass
+class Job:
+    """One model on one dataset category under a profile."""
+
+    model: str
+    dataset: str
+    category: str
+    profile: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # set when the job cannot even be built (unknown model, missing config)
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identity of the job."""
+        parts = (self.profile, self.dataset, self.category, self.model)
+        return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", part) for part in parts)
+
+    @property
+    def settings(self) -> str:
+        """Hash of what determines the job's numbers (model, data, profile settings, seed)."""
+        keep = {k: v for k, v in self.spec.items() if k not in {"record", "traceback", "export_traceback"}}
+        keep.pop("artifacts_dir", None)
+        keep.pop("progress_file", None)
+        keep.pop("progress_bar", None)
+        return settings_hash(keep)
+
+
+def make_jobs(
+    models: list[str],
+    datasets: list[str],
+    categories: dict[str, list[str]],
+    profile: Profile,
+    *,
+    seed: int = 0,
+    threads: int = 2,
+    epochs: int | None = None,
+    openvino: bool = True,
+    data_args: dict[str, Any] | None = None,
+) -> list[Job]:
+    """All jobs, dataset-major then category then model (the order of the table)."""
+    jobs = []
+    for dataset in datasets:
+        for category in categories[dataset]:
+            for name in models:
+                job = Job(model=name, dataset=dataset.rpartition(".")[2], category=category, profile=profile.name)
+                try:
+                    model = resolve_model(name, profile, epochs)
+                    data = resolve_data(dataset, category, profile, data_args)
+                except Exception as error:  # noqa: BLE001  (recorded as the job's error)
+                    job.error = f"{type(error).__name__}: {error}"
+                    jobs.append(job)
+                    continue
+                job.model = model.name
+                job.spec = {
+                    "model": asdict(model),
+                    "data": asdict(data),
+                    "image_size": profile.image_size,
+                    "offline_backbones": profile.offline_backbones,
+                    "max_epochs": model.max_epochs,
+                    "max_train_images": profile.max_train_images,
+                    "seed": seed,
+                    "threads": threads,
+                    "batch_sizes": list(profile.latency_batch_sizes),
+                    "warmup": profile.warmup,
+                    "repeats": profile.repeats,
+                    "heatmap_images": profile.heatmap_images,
+                    "openvino": openvino,
+                    "openvino_precisions": list(profile.openvino_precisions),
+                }
+                jobs.append(job)
+    return jobs
+
+
+def load_record(path: Path) -> dict[str, Any] | None:
+    """A stored record, or ``None`` when missing or unreadable (a half-written file)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def should_reuse(record: dict[str, Any] | None, settings: str, retry_failed: bool) -> bool:
+    """Whether a stored record answers the job: same settings, and not a failure to retry."""
+    if record is None or record.get("settings_hash") != settings:
+        return False
+    return not (record.get("error") and retry_failed)
+
+
+def failure_record(job: Job, message: str, traceback_text: str, errors_dir: Path) -> dict[str, Any]:
+    """Record of a job that failed, with its traceback written to ``errors/<key>.txt``."""
+    errors_dir.mkdir(parents=True, exist_ok=True)
+    path = errors_dir / f"{job.key}.txt"
+    path.write_text(traceback_text)
+    return {"error": message, "traceback_file": str(path)}
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Runner:
+    """Runs jobs into ``output``, reusing stored records.
+
+    Args:
+        output: Run folder.
+        timeout_s: Wall-clock limit of one job; a job past it is killed and recorded.
+        retry_failed: Run again the jobs whose stored record is a failure.
+        force: Ignore every stored record.
+        progress: Callback ``(event, job, info)`` for progress display (``"start"``, ``"poll"``, ``"done"``).
+        python: Interpreter of the workers.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        timeout_s: float = 1800,
+        retry_failed: bool = False,
+        force: bool = False,
+        progress: Callable[[str, Job, dict[str, Any]], None] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.output = Path(output)
+        self.timeout_s = timeout_s
+        self.retry_failed = retry_failed
+        self.force = force
+        self.progress = progress or (lambda *_: None)
+        self.python = python
+        for sub in ("records", "jobs", "errors", "logs", "artifacts"):
+            (self.output / sub).mkdir(parents=True, exist_ok=True)
+
+    def record_path(self, job: Job) -> Path:
+        """Where the record of ``job`` is stored."""
+        return self.output / "records" / f"{job.key}.json"
+
+    def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Run (or reuse) every job; return the records in job order."""
+        records = []
+        for index, job in enumerate(jobs):
+            info = {"index": index, "total": len(jobs)}
+            stored = None if self.force else load_record(self.record_path(job))
+            if job.error is None and should_reuse(stored, job.settings, self.retry_failed):
+                self.progress("reused", job, {**info, "record": stored})
+                records.append(stored)
+                continue
+            self.progress("start", job, info)
+            record = self.run_one(job, info)
+            self.progress("done", job, {**info, "record": record})
+            records.append(record)
+        return records
+
+    def run_one(self, job: Job, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run one job in a worker process and store its record."""
+        identity = {"model": job.model, "dataset": job.dataset, "category": job.category, "profile": job.profile}
+        errors_dir = self.output / "errors"
+        if job.error is not None:
+            record = failure_record(job, job.error, job.error + "\n", errors_dir)
+        else:
+            record = self._run_worker(job, errors_dir, info or {})
+        record = {
+            **identity,
+            **record,
+            "settings_hash": job.settings,
+            "config": job.spec.get("model", {}).get("config"),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.record_path(job).write_text(json.dumps(record, indent=2, default=str))
+        return record
+
+    def _run_worker(self, job: Job, errors_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+        record_file = self.output / "records" / f"{job.key}.partial.json"
+        progress_file = self.output / "logs" / f"{job.key}.progress.json"
+        log_file = self.output / "logs" / f"{job.key}.log"
+        for stale in (record_file, progress_file):
+            stale.unlink(missing_ok=True)
+        spec = {
+            **job.spec,
+            "record": str(record_file),
+            "traceback": str(errors_dir / f"{job.key}.txt"),
+            "export_traceback": str(errors_dir / f"{job.key}.export.txt"),
+            "artifacts_dir": str(self.output / "artifacts" / job.key),
+            "progress_file": str(progress_file),
+            "progress_bar": False,
+        }
+        job_file = self.output / "jobs" / f"{job.key}.json"
+        job_file.write_text(json.dumps(spec, indent=2, default=str))
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        start = time.monotonic()
+        with log_file.open("w") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", "benchmarks.worker", str(job_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                env=env,
+            )
+            timed_out = False
+            while process.poll() is None:
+                if time.monotonic() - start > self.timeout_s:
+                    process.kill()
+                    process.wait()
+                    timed_out = True
+                    break
+                time.sleep(0.5)
+                self.progress(
+                    "poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)}
+                )
+        record = load_record(record_file)
+        record_file.unlink(missing_ok=True)
+        if record is not None and not timed_out:
+            if record.get("error"):
+                record["traceback_file"] = str(errors_dir / f"{job.key}.txt")
+            if record.get("export_error"):
+                record["export_traceback_file"] = str(errors_dir / f"{job.key}.export.txt")
+            return record
+        reason = (
+            f"timeout after {self.timeout_s:.0f} s"
+            if timed_out
+            else f"worker died with exit status {process.returncode} before writing its record"
+        )
+        failed = failure_record(
+            job, reason, f"{reason}\n--- last lines of {log_file} ---\n{_tail(log_file)}\n", errors_dir
+        )
+        failed["wall_time_s"] = time.monotonic() - start
+        return failed
+
+
+def _read_progress(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, for ``run.json``."""
+    dists = (
+        "torch",
+        "torchvision",
+        "anomalib",
+        "openvino",
+        "timm",
+        "lightning",
+        "torchmetrics",
+        "numpy",
+        "anomalib-ext",
+    )
+    return {
+        "versions": {"python": platform.python_version(), **{dist: _version(dist) for dist in dists}},
+        "hardware": {
+            "cpu": _cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "ram_gib": _ram_gib(),
+            "platform": platform.platform(),
+        },
+        "git_commit": _git_commit(),
+    }
+
+
+def write_run_info(output: Path, profile: Profile, seed: int, threads: int, argv: list[str], **extra: Any) -> Path:
+    """Write ``run.json``: command, profile, seed, threads, versions, hardware and ``extra``."""
+    path = Path(output) / "run.json"
+    previous = load_record(path) or {}
+    info = {
+        "command": "python -m benchmarks " + " ".join(argv),
+        "profile": profile_dict(profile),
+        "seed": seed,
+        "torch_threads": threads,
+        **environment(),
+        **extra,
+    }
+    if "started_at" in previous and "started_at" not in extra:
+        info["first_started_at"] = previous.get("first_started_at", previous["started_at"])
+    path.write_text(json.dumps(info, indent=2, default=str))
+    return path

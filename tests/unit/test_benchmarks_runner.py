@@ -1,0 +1,134 @@
+"""Resume logic and crash recording of the benchmark runner, with a fake worker (no training)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.runner import Job, Runner, load_record, should_reuse
+
+FAKE_WORKER = """
+import json, os, sys, time
+job = json.load(open(sys.argv[-1]))
+name = job["model"]["name"]
+calls = os.path.join(os.path.dirname(job["record"]), "..", "calls.txt")
+with open(calls, "a") as handle:
+    handle.write(name + "\\n")
+if name == "Segfault":
+    os._exit(139)
+if name == "Hang":
+    time.sleep(60)
+record = {"error": None, "image_AUROC": 0.9, "wall_time_s": 0.1}
+if name == "Fails":
+    record["error"] = "RuntimeError: boom"
+    open(job["traceback"], "w").write("Traceback: boom\\n")
+json.dump(record, open(job["record"], "w"))
+sys.exit(1 if record["error"] else 0)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> str:
+    """An executable standing in for ``python -m benchmarks.worker <job>``."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    launcher = tmp_path / "fake_python"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    return str(launcher)
+
+
+def make_job(model: str, epochs: int = 1) -> Job:
+    return Job(
+        model=model,
+        dataset="Toy",
+        category="a",
+        profile="cpu",
+        spec={"model": {"name": model, "config": None}, "max_epochs": epochs},
+    )
+
+
+def calls(output: Path) -> list[str]:
+    path = output / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_should_reuse_needs_same_settings_and_respects_retry_failed():
+    ok = {"settings_hash": "abc", "error": None}
+    failed = {"settings_hash": "abc", "error": "boom"}
+    assert should_reuse(ok, "abc", retry_failed=False)
+    assert should_reuse(ok, "abc", retry_failed=True)
+    assert not should_reuse(ok, "other", retry_failed=False)
+    assert should_reuse(failed, "abc", retry_failed=False)
+    assert not should_reuse(failed, "abc", retry_failed=True)
+    assert not should_reuse(None, "abc", retry_failed=False)
+
+
+def test_job_key_is_file_name_safe_and_settings_ignore_paths():
+    job = make_job("a/b c")
+    assert "/" not in job.key
+    assert " " not in job.key
+    before = job.settings
+    job.spec["artifacts_dir"] = "/somewhere"
+    assert job.settings == before
+    job.spec["max_epochs"] = 5
+    assert job.settings != before
+
+
+def test_stored_records_are_reused_on_a_repeated_run(tmp_path: Path, fake_python: str):
+    output = tmp_path / "run"
+    jobs = [make_job("A"), make_job("B")]
+    first = Runner(output, python=fake_python).run(jobs)
+    assert [r["model"] for r in first] == ["A", "B"]
+    assert calls(output) == ["A", "B"]
+    second = Runner(output, python=fake_python).run([make_job("A"), make_job("B")])
+    assert calls(output) == ["A", "B"]  # nothing ran again
+    assert [r["image_AUROC"] for r in second] == [0.9, 0.9]
+
+
+def test_changed_settings_or_force_run_the_job_again(tmp_path: Path, fake_python: str):
+    output = tmp_path / "run"
+    Runner(output, python=fake_python).run([make_job("A")])
+    Runner(output, python=fake_python).run([make_job("A", epochs=2)])
+    assert calls(output) == ["A", "A"]
+    Runner(output, python=fake_python, force=True).run([make_job("A", epochs=2)])
+    assert calls(output) == ["A", "A", "A"]
+
+
+def test_a_crashing_job_is_recorded_and_the_run_goes_on(tmp_path: Path, fake_python: str):
+    output = tmp_path / "run"
+    records = Runner(output, python=fake_python).run([make_job("Segfault"), make_job("Fails"), make_job("A")])
+    died, failed, ok = records
+    assert "exit status 139" in died["error"]
+    assert Path(died["traceback_file"]).is_file()
+    assert failed["error"] == "RuntimeError: boom"
+    assert Path(failed["traceback_file"]).read_text() == "Traceback: boom\n"
+    assert ok["error"] is None
+    assert load_record(output / "records" / f"{make_job('Segfault').key}.json")["error"] == died["error"]
+
+
+def test_failed_jobs_are_reused_unless_retry_failed(tmp_path: Path, fake_python: str):
+    output = tmp_path / "run"
+    Runner(output, python=fake_python).run([make_job("Fails")])
+    Runner(output, python=fake_python).run([make_job("Fails")])
+    assert calls(output) == ["Fails"]
+    Runner(output, python=fake_python, retry_failed=True).run([make_job("Fails")])
+    assert calls(output) == ["Fails", "Fails"]
+
+
+def test_a_hung_job_is_killed_at_the_timeout(tmp_path: Path, fake_python: str):
+    record = Runner(tmp_path / "run", python=fake_python, timeout_s=1).run([make_job("Hang")])[0]
+    assert record["error"].startswith("timeout after 1 s")
+
+
+def test_a_job_that_cannot_be_built_is_recorded_without_a_worker(tmp_path: Path, fake_python: str):
+    job = make_job("Unknown")
+    job.error = "ValueError: Unknown model 'Unknown'"
+    record = Runner(tmp_path / "run", python=fake_python).run([job])[0]
+    assert record["error"] == job.error
+    assert calls(tmp_path / "run") == []
+    assert json.loads((tmp_path / "run" / "records" / f"{job.key}.json").read_text())["model"] == "Unknown"
