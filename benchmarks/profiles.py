@@ -96,6 +96,8 @@ class Profile:
             leaves the device's choice, bf16 on CPUs with AMX/AVX512-BF16).
         heatmap_images: Defective test images shown per model in the heat-map grid.
         demo_image_size: Side of the DemoTextures images built for this profile.
+        model_data_args: Datamodule arguments a model needs, by model name (e.g. SMCC's batch must
+            hold its ``memory_bank_images``); a ``data.init_args`` batch size in the model's config wins.
     """
 
     name: str
@@ -114,6 +116,7 @@ class Profile:
     openvino_precisions: tuple[str, ...] = ("f32", "default")
     heatmap_images: int = 4
     demo_image_size: int = 256
+    model_data_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {
@@ -127,6 +130,8 @@ PROFILES: dict[str, Profile] = {
         builtin_args=CPU_BUILTIN_ARGS,
         max_train_images=64,
         demo_image_size=128,
+        # the batch sizes the usage lines of configs/model/smcc_cpu.yaml and rbae_cpu.yaml give
+        model_data_args={"SMCC": {"train_batch_size": 16}, "RBAE": {"train_batch_size": 4}},
     ),
     "paper": Profile(
         name="paper",
@@ -140,6 +145,7 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=16,
         warmup=10,
         repeats=50,
+        model_data_args={"SMCC": {"train_batch_size": 16}},
     ),
 }
 
@@ -155,6 +161,7 @@ class ModelSpec:
     ours: bool
     config: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
+    data_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,13 +190,18 @@ def _anomalib_model_class(name: str) -> str | None:
     return None
 
 
-def _read_model_config(path: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """``(class_path, init_args, trainer)`` from an anomalib CLI config (``model:`` + ``trainer:``)."""
+DATA_KEYS_FROM_MODEL_CONFIG = ("train_batch_size", "eval_batch_size")
+
+
+def _read_model_config(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(class_path, init_args, trainer, data batch sizes)`` from an anomalib CLI config."""
     config = yaml.safe_load(path.read_text()) or {}
     model = config.get("model", config)
     if isinstance(model, str):
         model = {"class_path": model}
-    return model["class_path"], dict(model.get("init_args") or {}), dict(config.get("trainer") or {})
+    data = (config.get("data") or {}).get("init_args") or {}
+    data = {key: data[key] for key in DATA_KEYS_FROM_MODEL_CONFIG if key in data}
+    return model["class_path"], dict(model.get("init_args") or {}), dict(config.get("trainer") or {}), data
 
 
 def _epochs(epochs: int | None, profile: Profile) -> int:
@@ -213,7 +225,7 @@ def resolve_model(name: str, profile: Profile, epochs: int | None = None) -> Mod
         if not path.is_file():
             msg = f"Config {path} of model {name!r} is missing."
             raise ValueError(msg)
-        class_path, init_args, trainer = _read_model_config(path)
+        class_path, init_args, trainer, data_args = _read_model_config(path)
         config_epochs = trainer.pop("max_epochs", None)
         return ModelSpec(
             name=OUR_MODELS[key],
@@ -223,6 +235,7 @@ def resolve_model(name: str, profile: Profile, epochs: int | None = None) -> Mod
             ours=True,
             config=str(path.relative_to(PROJECT_ROOT)),
             trainer_args=trainer,
+            data_args={**profile.model_data_args.get(OUR_MODELS[key], {}), **data_args},
         )
     class_path = name if "." in name else _anomalib_model_class(name)
     if class_path is None:
@@ -239,6 +252,7 @@ def resolve_model(name: str, profile: Profile, epochs: int | None = None) -> Mod
         ours=False,
         # validate once, after the last epoch: the post-processor's thresholds come from it
         trainer_args={"check_val_every_n_epoch": max_epochs},
+        data_args=dict(profile.model_data_args.get(class_name, {})),
     )
 
 

@@ -92,7 +92,7 @@ def make_jobs(
                 job = Job(model=name, dataset=dataset.rpartition(".")[2], category=category, profile=profile.name)
                 try:
                     model = resolve_model(name, profile, epochs)
-                    data = resolve_data(dataset, category, profile, data_args)
+                    data = resolve_data(dataset, category, profile, {**model.data_args, **(data_args or {})})
                 except Exception as error:  # noqa: BLE001  (recorded as the job's error)
                     job.error = f"{type(error).__name__}: {error}"
                     jobs.append(job)

@@ -35,6 +35,16 @@ def test_our_model_is_read_from_its_cpu_config():
     assert resolve_model("MLDFR", PROFILES["cpu"], epochs=2).max_epochs == 2
 
 
+@pytest.mark.skipif(not (CONFIG_DIR / "smcc_cpu.yaml").is_file(), reason="SMCC's cpu config not written yet")
+def test_a_model_gets_the_batch_size_it_needs():
+    from benchmarks.runner import make_jobs
+
+    jobs = make_jobs(["smcc", "Padim"], ["DemoTextures"], {"DemoTextures": ["brick"]}, PROFILES["cpu"])
+    smcc, padim = (job.spec["data"]["init_args"]["train_batch_size"] for job in jobs)
+    assert smcc == 16  # SMCC's batch must hold its memory_bank_images
+    assert padim == PROFILES["cpu"].train_batch_size
+
+
 def test_unknown_model_and_dataset_are_rejected_with_the_name():
     with pytest.raises(ValueError, match="nosuchmodel"):
         resolve_model("nosuchmodel", PROFILES["cpu"])
