@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--max-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8, help="global training batch, split over processes")
+    parser.add_argument("--image-size", type=int, default=None, help="side of the model's pre-processor resize")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -48,7 +49,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = _load_class(args.model)(**json.loads(args.init_args))
+    model_class = _load_class(args.model)
+    init_args = json.loads(args.init_args)
+    if args.image_size is not None:
+        init_args["pre_processor"] = model_class.configure_pre_processor(image_size=(args.image_size, args.image_size))
+    model = model_class(**init_args)
     datamodule = MVTecAD(
         root=args.data_root,
         category=args.category,

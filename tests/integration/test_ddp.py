@@ -31,35 +31,58 @@ pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 IMAGE_SIZE = 64
 METRIC_TOLERANCE = 0.15  # absolute, on image and pixel AUROC in [0, 1]
 
-# Tiny settings per model: the same structure as the offline configs, at 64 px and a few channels.
+# Tiny settings per model: those of each model's own integration test (same structure as the
+# offline configs, few channels), and the number of epochs to train. Backbone models use the real
+# offline EfficientNet-Lite0 weights: at random weights both runs score at chance and agree by luck.
 TINY_MODELS: dict[str, tuple[dict, int]] = {
     "MLDFR": (
         {
             "cnn_backbone": "efficientnet_lite0",
             "cnn_layers": [1, 2, 3],
             "vit_backbone": None,
-            "pre_trained": False,
-            "num_blocks": 1,
-            "num_heads": 2,
+            "deep_branch": True,
+            "num_blocks": 2,
+            "gaussian_sigma": 2.0,
+            "pre_trained": True,
+            "damage_seed": 0,
         },
         2,
     ),
     "SMCC": (
-        {"backbone": "efficientnet_lite0", "layers": ["blocks.1", "blocks.2"], "pre_trained": False, "n_components": 2},
+        {
+            "backbone": "efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+            "pre_trained": True,
+            "fusion_layer_index": 1,
+            "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+            "n_components": 3,
+            "memory_bank_images": 4,
+        },
         2,
     ),
     "RBAE": (
         {
             "input_size": [IMAGE_SIZE, IMAGE_SIZE],
-            "encoder_channels": [8, 8, 8, 8, 8],
+            "encoder_channels": [8, 16, 32, 32, 32],
+            "ffm_mid_channels": 16,
+            "perceptual_backbone": "efficientnet_lite0",
+            "perceptual_layers": [0, 1, 2],
             "pre_trained": False,
             "phase1_epochs": 1,
             "phase2_epochs": 1,
         },
         2,
     ),
-    "N2N": ({"image_size": [IMAGE_SIZE, IMAGE_SIZE], "base_channels": 8, "depth": 2}, 2),
-    "FMGRD": ({"backbone": "efficientnet_lite0", "layers": [1, 2, 3], "pre_trained": False}, 2),
+    "N2N": ({"image_size": [IMAGE_SIZE, IMAGE_SIZE], "base_channels": 8, "lr": 1e-3, "early_stopping_patience": 0}, 2),
+    "FMGRD": (
+        {
+            "backbone": "efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2", "blocks.4"],
+            "pre_trained": False,
+            "sigma": 1,
+        },
+        2,
+    ),
 }
 
 
@@ -80,6 +103,8 @@ def _train(model: str, init_args: dict, data_root: Path, out: Path, devices: int
         "ddp" if devices > 1 else "auto",
         "--max-epochs",
         str(epochs),
+        "--image-size",
+        str(IMAGE_SIZE),
         "--out",
         str(out),
     ]
@@ -98,7 +123,7 @@ def _test_in_one_process(model_name: str, checkpoint: Path, data_root: Path, out
 @pytest.mark.parametrize("model_name", sorted(TINY_MODELS))
 def test_two_process_ddp_matches_one_process(model_name: str, tmp_path: Path) -> None:
     init_args, epochs = TINY_MODELS[model_name]
-    data_root = make_fake_mvtec(tmp_path / "data", image_size=IMAGE_SIZE, n_train=8)
+    data_root = make_fake_mvtec(tmp_path / "data", image_size=IMAGE_SIZE, n_train=8, n_test_good=8, n_test_defect=8)
 
     _train(model_name, init_args, data_root, tmp_path / "single", devices=1, epochs=epochs)
     _train(model_name, init_args, data_root, tmp_path / "ddp", devices=2, epochs=epochs)
