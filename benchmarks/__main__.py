@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None, help="dataset root passed to every datamodule")
     parser.add_argument("--data-arg", action="append", default=[], help="extra datamodule argument key=value")
     parser.add_argument(
-        "--max-epochs", type=int, default=None, help="epochs of every trained model (capped by the profile)"
+        "--max-epochs",
+        default=None,
+        help="epochs: N for every trained model (built-ins still capped by the profile), or per model "
+        "'n2n=6,mldfr=5' (others keep their config's or the profile's)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every job (Lightning's seed_everything)")
     parser.add_argument(
@@ -110,6 +113,16 @@ def parse_categories(text: str | None, datasets: list[str]) -> dict[str, list[st
         if dataset not in chosen:
             chosen[dataset] = default_categories(dataset)
     return chosen
+
+
+def parse_epochs(text: str | None) -> int | dict[str, int] | None:
+    """``"3"`` -> 3 (every model); ``"n2n=6,mldfr=5"`` -> ``{"n2n": 6, "mldfr": 5}`` (names lower-cased)."""
+    if not text:
+        return None
+    if "=" not in text:
+        return int(text)
+    pairs = (part.split("=", 1) for part in _split(text))
+    return {name.strip().lower(): int(value) for name, value in pairs}
 
 
 class Display:
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         profile,
         seed=args.seed,
         threads=args.threads,
-        epochs=args.max_epochs,
+        epochs=parse_epochs(args.max_epochs),
         openvino=not args.no_openvino,
         data_args=data_args,
     )

@@ -135,6 +135,7 @@ def accuracy_vs_latency(frame: pd.DataFrame, dataset: str, path: Path) -> Path |
             axis.scatter(row["latency"], row[metric], s=70, color=colors(i % 10), label=model)
             axis.annotate(model, (row["latency"], row[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         axis.set_xscale("log")
+        axis.margins(x=0.2)
         axis.set_xlabel("CPU latency, batch 1 (ms, log; OpenVINO f32, torch where no export)")
         axis.set_ylabel(ACCURACY[metric])
         axis.set_ylim(-0.02, 1.02)

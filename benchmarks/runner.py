@@ -80,18 +80,22 @@ def make_jobs(
     *,
     seed: int = 0,
     threads: int = 2,
-    epochs: int | None = None,
+    epochs: int | dict[str, int] | None = None,
     openvino: bool = True,
     data_args: dict[str, Any] | None = None,
 ) -> list[Job]:
-    """All jobs, dataset-major then category then model (the order of the table)."""
+    """All jobs, dataset-major then category then model (the order of the table).
+
+    ``epochs`` overrides the epochs of every model (an int) or of some (``{"n2n": 6}``, lower-case names).
+    """
     jobs = []
     for dataset in datasets:
         for category in categories[dataset]:
             for name in models:
                 job = Job(model=name, dataset=dataset.rpartition(".")[2], category=category, profile=profile.name)
                 try:
-                    model = resolve_model(name, profile, epochs)
+                    model_epochs = epochs.get(name.lower()) if isinstance(epochs, dict) else epochs
+                    model = resolve_model(name, profile, model_epochs)
                     data = resolve_data(dataset, category, profile, {**model.data_args, **(data_args or {})})
                 except Exception as error:  # noqa: BLE001  (recorded as the job's error)
                     job.error = f"{type(error).__name__}: {error}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.__main__ import parse_categories
+from benchmarks.__main__ import parse_categories, parse_epochs
 from benchmarks.profiles import CONFIG_DIR, PROFILES, resolve_data, resolve_model
 
 
@@ -68,3 +68,14 @@ def test_categories_default_to_the_demo_generator_and_parse_per_dataset():
     assert chosen == {"MVTecAD": ["bottle", "cable"], "DemoTextures": ["grass"]}
     with pytest.raises(ValueError, match="categories"):
         parse_categories(None, ["MVTecAD"])
+
+
+def test_epochs_apply_to_every_model_or_per_model():
+    from benchmarks.runner import make_jobs
+
+    assert parse_epochs(None) is None
+    assert parse_epochs("4") == 4
+    assert parse_epochs("N2N=6, stfpm=2") == {"n2n": 6, "stfpm": 2}
+    categories = {"DemoTextures": ["brick"]}
+    jobs = make_jobs(["Stfpm", "Draem"], ["DemoTextures"], categories, PROFILES["cpu"], epochs={"stfpm": 2})
+    assert [job.spec["max_epochs"] for job in jobs] == [2, PROFILES["cpu"].max_epochs]
