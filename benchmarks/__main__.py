@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-failed", action="store_true", help="run again the jobs whose stored record failed")
     parser.add_argument("--force", action="store_true", help="ignore stored records, run everything again")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the stored records")
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="also put the table into this markdown page (between its benchmark-results markers) and copy "
+        "the charts to --publish-images",
+    )
+    parser.add_argument(
+        "--publish-images", type=Path, default=Path("docs/images/benchmarks"), help="folder of the published charts"
+    )
     return parser
 
 
@@ -197,7 +207,7 @@ class Display:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0 (failed jobs are recorded, not fatal)."""
     from benchmarks.profiles import PROFILES
-    from benchmarks.report import write_report
+    from benchmarks.report import publish, write_report
     from benchmarks.runner import Runner, load_record, make_jobs, write_run_info
 
     argv = sys.argv[1:] if argv is None else argv
@@ -258,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs=[job.key for job in jobs],
         )
     written = write_report(records, output)
+    if args.publish:
+        publish(records, output, args.publish, args.publish_images)
+        console.print(f"published: {args.publish}, charts in {args.publish_images}", highlight=False)
     failed = sum(1 for r in records if r.get("error"))
     console.print(
         f"report: {written['markdown'][0]}, {len(written['charts'])} charts, "

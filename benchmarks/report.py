@@ -18,6 +18,7 @@ Files written into the run folder:
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -241,3 +242,70 @@ def write_report(records: Sequence[dict[str, Any]], output: Path) -> dict[str, l
             if grid:
                 written["heatmaps"].append(grid)
     return written
+
+
+RESULTS_START = "<!-- benchmark-results:start -->"
+RESULTS_END = "<!-- benchmark-results:end -->"
+PUBLISHED_CHARTS = (
+    "accuracy_vs_latency_*.png",
+    "heatmaps_*.png",
+    "bar_image_AUROC.png",
+    "bar_pixel_AUPRO.png",
+    "bar_train_time_s.png",
+    "bar_ov_f32_b1_latency_ms.png",
+)
+
+
+def publish(records: Sequence[dict[str, Any]], output: Path, document: Path, images: Path) -> Path:
+    """Copy the run's charts to ``images`` and put its table between the result markers of ``document``.
+
+    The section between ``<!-- benchmark-results:start -->`` and ``<!-- benchmark-results:end -->``
+    is replaced; the rest of the page is kept.
+    """
+    import json
+    import shutil
+
+    output, document, images = Path(output), Path(document), Path(images)
+    images.mkdir(parents=True, exist_ok=True)
+    for old in images.glob("*.png"):
+        old.unlink()
+    copied = []
+    for pattern in PUBLISHED_CHARTS:
+        for chart in sorted(output.glob(pattern)):
+            shutil.copy2(chart, images / chart.name)
+            copied.append(chart.name)
+    info = json.loads((output / "run.json").read_text()) if (output / "run.json").is_file() else {}
+    frame = records_frame(records)
+    hardware = info.get("hardware", {})
+    versions = info.get("versions", {})
+    link = Path(os.path.relpath(images.resolve(), document.resolve().parent)).as_posix()
+    lines = [
+        RESULTS_START,
+        "",
+        f"Run of {info.get('finished_at', '?')} UTC, wall time {float(info.get('wall_time_s') or 0) / 60:.1f} min "
+        f"(jobs reused from an earlier run count 0), on {hardware.get('cpu', '?')} "
+        f"({hardware.get('cores_available', '?')} cores, {hardware.get('ram_gib', '?')} GiB RAM, shared with other "
+        f"jobs), {info.get('torch_threads', '?')} thread(s) per job, seed {info.get('seed', '?')}; torch "
+        f"{versions.get('torch')}, anomalib {versions.get('anomalib')}, OpenVINO {versions.get('openvino')}, timm "
+        f"{versions.get('timm')}; commit `{str(info.get('git_commit') or '?')[:10]}`.",
+        "",
+        markdown_table(frame),
+    ]
+    failed = frame[frame["error"].notna()]
+    if len(failed):
+        lines.append("Failed jobs (recorded by the harness, the run went on):\n")
+        lines.extend(f"- {row['model']} on {row['category']}: `{row['error']}`" for _, row in failed.iterrows())
+        lines.append("")
+    for name in copied:
+        lines.extend([f"![{name[:-4]}]({link}/{name})", ""])
+    lines.append(RESULTS_END)
+    section = "\n".join(lines)
+    text = document.read_text()
+    if RESULTS_START in text and RESULTS_END in text:
+        head, _, rest = text.partition(RESULTS_START)
+        _, _, tail = rest.partition(RESULTS_END)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    document.write_text(text)
+    return document

@@ -77,3 +77,25 @@ def test_report_of_only_failures_still_writes_the_tables(tmp_path: Path):
     written = write_report(records, tmp_path)
     assert written["charts"] == []
     assert "boom" in (tmp_path / "results.md").read_text()
+
+
+def test_publish_replaces_only_the_marked_section_and_copies_charts(tmp_path: Path):
+    from benchmarks.report import RESULTS_END, RESULTS_START, publish
+
+    out = tmp_path / "run"
+    records = fake_records(tmp_path)
+    write_report(records, out)
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    page.write_text(f"# Title\n\nbefore\n\n{RESULTS_START}\nold table\n{RESULTS_END}\n\nafter\n")
+    publish(records, out, page, tmp_path / "docs" / "images" / "benchmarks")
+    text = page.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n")
+    assert text.endswith("\n\nafter\n")
+    assert "old table" not in text
+    assert "| DemoTextures | brick | Padim |" in text
+    assert "- Broken on brick: `RuntimeError: x|y`" in text
+    assert "](images/benchmarks/accuracy_vs_latency_DemoTextures.png)" in text
+    assert (tmp_path / "docs" / "images" / "benchmarks" / "heatmaps_DemoTextures_brick.png").is_file()
+    publish(records, out, page, tmp_path / "docs" / "images" / "benchmarks")
+    assert page.read_text() == text  # idempotent
