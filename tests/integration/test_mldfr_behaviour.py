@@ -1,0 +1,82 @@
+"""Behaviour tests of MLDFR: trained briefly on normal textures, does it score and localise defects?
+
+The offline variant (EfficientNet-Lite0 with real ImageNet weights, stage-5 deep pair) is trained
+for a few epochs on normal images of the fake MVTec layout (a smooth striped texture, 128 px), then:
+
+- every defective test image must score higher than every normal one (passes);
+- the maximum of each defective image's map must lie inside, or within a few pixels of, the painted
+  defect. This one is marked ``xfail``: after a few optimiser steps on 2 CPU cores the restorer has
+  not yet learned to "repair" defects (the paper trains 500 epochs), and the maps peak at the image
+  border, where the stride-32 deep pair of the 128-px offline variant differs most. The defect still
+  raises the whole map (first test), but it is not localised. Kept so that it reports XPASS once a
+  longer schedule or a better offline deep pair localises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from PIL import Image
+from scipy.ndimage import distance_transform_edt
+
+from anomalib_ext.models import MLDFR
+from tests.helpers.datasets import make_fake_mvtec
+
+pytestmark = pytest.mark.slow
+
+SIZE = 128
+MAX_DISTANCE_PX = 4  # argmax within this many pixels of the defect mask
+
+
+def _load(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("mldfr_behaviour")
+    root = make_fake_mvtec(tmp_path / "data", n_train=12, n_test_good=4, n_test_defect=6, image_size=SIZE, seed=3)
+    datamodule = MVTecAD(root=root, category="toy", train_batch_size=6, eval_batch_size=6, num_workers=0)
+    model = MLDFR(
+        cnn_backbone="efficientnet_lite0",
+        cnn_layers=[1, 2, 3],
+        vit_backbone=None,
+        deep_branch=True,
+        num_blocks=2,
+        gaussian_sigma=8.0 * SIZE / 384,
+        damage_seed=0,
+        pre_processor=MLDFR.configure_pre_processor((SIZE, SIZE)),
+        evaluator=False,
+        visualizer=False,
+    )
+    engine = Engine(max_epochs=4, default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    engine.fit(model, datamodule=datamodule)
+
+    category = root / "toy"
+    normal = sorted((category / "test" / "good").glob("*.png"))
+    defective = sorted((category / "test" / "blob").glob("*.png"))
+    model.model.eval()
+    with torch.no_grad():
+        normal_out = model.model(torch.stack([_load(path) for path in normal]))
+        defect_out = model.model(torch.stack([_load(path) for path in defective]))
+    masks = [np.asarray(Image.open(category / "ground_truth" / "blob" / f"{p.stem}_mask.png")) > 0 for p in defective]
+    return {"normal": normal_out, "defect": defect_out, "masks": masks}
+
+
+def test_defective_images_score_higher_than_normal_ones(predictions: dict) -> None:
+    normal_scores = predictions["normal"].pred_score.flatten()
+    defect_scores = predictions["defect"].pred_score.flatten()
+    assert defect_scores.min() > normal_scores.max(), (normal_scores, defect_scores)
+
+
+@pytest.mark.xfail(reason="brief CPU training does not localise yet: maps peak at the border (module docstring)")
+def test_map_maximum_lies_in_the_defect(predictions: dict) -> None:
+    for anomaly_map, mask in zip(predictions["defect"].anomaly_map, predictions["masks"], strict=True):
+        row, col = divmod(int(anomaly_map.flatten().argmax()), SIZE)
+        distance = distance_transform_edt(~mask)[row, col]
+        assert distance <= MAX_DISTANCE_PX, (row, col, distance)
