@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,15 @@ TINY = {
 # OpenVINO f32 vs torch: same graph, different kernels; the map is a softmax probability in [0, 1]
 # and the post-processor min-max normalises it, so 1e-3 absolute is a tight bound.
 PARITY_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core CI machine, more threads oversubscribe it badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +167,7 @@ def test_cli_short_name_fit(trained: dict, tmp_path: Path) -> None:
         "--default_root_dir",
         str(tmp_path),
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.rglob("*.ckpt"))

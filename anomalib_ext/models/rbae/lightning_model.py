@@ -431,10 +431,11 @@ class RBAE(AnomalibModule):
             opt.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True)
-        self.log("phase", float(phase), on_epoch=True, logger=True)
+        size = clean.shape[0]
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, batch_size=size)
+        self.log("phase", float(phase), on_epoch=True, logger=True, batch_size=size)
         for name, value in terms.items():
-            self.log(f"train_{name}_{phase}", value.detach(), on_epoch=True, logger=True)
+            self.log(f"train_{name}_{phase}", value.detach(), on_epoch=True, logger=True, batch_size=size)
         return {"loss": loss.detach()}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
