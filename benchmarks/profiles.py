@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Iterator
@@ -313,6 +314,33 @@ def settings_hash(settings: dict[str, Any]) -> str:
     """Short stable hash of a job's settings; a stored result with another hash is stale."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def code_fingerprint(class_path: str, config: str | None = None) -> str:
+    """Hash of the code a model runs: its package's ``.py`` files, its config and our backbone resolver.
+
+    For anomalib's built-ins the anomalib version stands for their code. A stored result whose
+    fingerprint differs (a model was changed after it ran) is run again.
+    """
+    digest = hashlib.sha256()
+    module = class_path.rpartition(".")[0]
+    if module.startswith("anomalib_ext"):
+        spec = importlib.util.find_spec(module)
+        folder = Path(spec.origin).parent if spec and spec.origin else None
+        files = sorted(folder.rglob("*.py")) if folder else []
+    else:
+        from importlib import metadata
+
+        digest.update(f"anomalib=={metadata.version('anomalib')}".encode())
+        files = []
+    files.append(PROJECT_ROOT / "anomalib_ext" / "backbones.py")
+    if config:
+        files.append(PROJECT_ROOT / config)
+    for file in files:
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def profile_dict(profile: Profile) -> dict[str, Any]:

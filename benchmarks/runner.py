@@ -12,6 +12,8 @@ Layout of a run folder (``benchmarks/runs/<name>`` by default)::
 
 ``key`` is ``<profile>__<dataset>__<category>__<model>``. A stored record is reused when its
 settings hash matches the job's (change the epochs, the input size, ... and the job runs again);
+the settings include a fingerprint of the model's code and config (``code_fingerprint``), so a
+model edited after its job ran is run again while the others are reused;
 a failed record is reused too unless ``retry_failed`` is set, so a model that crashes is not
 re-run every time. A worker that dies without writing its record (segfault, out of memory,
 timeout) is recorded with the exit status and the tail of its log.
@@ -36,6 +38,7 @@ from typing import Any
 from benchmarks.profiles import (
     PROJECT_ROOT,
     Profile,
+    code_fingerprint,
     profile_dict,
     resolve_data,
     resolve_model,
@@ -104,6 +107,7 @@ def make_jobs(
                 job.model = model.name
                 job.spec = {
                     "model": asdict(model),
+                    "code": code_fingerprint(model.class_path, model.config),
                     "data": asdict(data),
                     "image_size": profile.image_size,
                     "offline_backbones": profile.offline_backbones,
