@@ -160,3 +160,38 @@ def test_cpu_config_builds_the_offline_variant():
     model = FMGRD(**args, pre_processor=FMGRD.configure_pre_processor((128, 128)))
     assert model.model.encoder.out_dims == [24, 40, 112]
     assert n_params(model.model, trainable=True) == 4_299_552
+
+
+def test_with_every_addition_switched_off_the_bottleneck_is_anomalib_rd_ocbe():
+    """Spec section 10.3: MSFF without fuse conv + no SCSAtt + OCE at width 64 == anomalib's OCBE."""
+    from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
+
+    model = FmgrdModel(
+        "resnet18",
+        input_size=(64, 64),
+        pre_trained=False,
+        fusion_channels=0,
+        use_scconv=False,
+        use_simam=False,
+        scsatt_pointwise=False,
+        use_fmm=False,
+    ).eval()
+    ocbe = get_bottleneck_layer("resnet18").eval()
+    renames = {"conv1": "down1.0.0", "bn1": "down1.0.1", "conv2": "down1.1.0", "bn2": "down1.1.1"}
+    renames |= {"conv3": "down2.0", "bn3": "down2.1"}
+    msff_state, oce_state = {}, {}
+    for key, value in ocbe.state_dict().items():
+        head, _, rest = key.partition(".")
+        if head in renames:
+            msff_state[f"{renames[head]}.{rest}"] = value
+        elif head == "bn_layer":
+            oce_state[f"layers.{rest}"] = value
+    model.msff.load_state_dict(msff_state, strict=True)
+    model.oce.load_state_dict(oce_state, strict=True)
+    ocbe_params = sum(p.numel() for name, p in ocbe.named_parameters() if not name.startswith(("conv4", "bn4")))
+    assert n_params(model.msff) + n_params(model.scsatt) + n_params(model.oce) == ocbe_params
+    features = [torch.randn(2, 64, 16, 16), torch.randn(2, 128, 8, 8), torch.randn(2, 256, 4, 4)]
+    with torch.no_grad():
+        ours = model.oce(model.scsatt(model.msff(features)))
+        theirs = ocbe(features)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
