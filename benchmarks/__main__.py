@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="override the profile's timed repeats")
     parser.add_argument("--warmup", type=int, default=None, help="override the profile's warm-up passes")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one job may run before it is killed")
+    parser.add_argument(
+        "--openvino-timeout", type=float, default=300, help="seconds one OpenVINO precision may take (compile + timing)"
+    )
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO export and its timings")
     parser.add_argument("--retry-failed", action="store_true", help="run again the jobs whose stored record failed")
     parser.add_argument("--force", action="store_true", help="ignore stored records, run everything again")
@@ -252,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"benchmark: {len(jobs)} jobs, profile {profile.name}, output {output}", highlight=False)
         with Display(len(jobs), console) as display:
             runner = Runner(
-                output, timeout_s=args.timeout, retry_failed=args.retry_failed, force=args.force, progress=display
+                output,
+                timeout_s=args.timeout,
+                retry_failed=args.retry_failed,
+                force=args.force,
+                progress=display,
+                openvino_timeout_s=args.openvino_timeout,
             )
             records = runner.run(jobs)
         finished = datetime.now(timezone.utc)

@@ -4,6 +4,10 @@ Latency is the median wall time of ``repeats`` forward passes after ``warmup`` u
 of the whole exported pipeline (anomalib's pre-processor, model and post-processor) on a batch
 of random images in [0, 1] at the model's input size. Throughput is ``batch / median latency``.
 
+OpenVINO is measured in a child process per precision (``python -m benchmarks.measure``) with a
+time limit: a compiled model that hangs (seen with the bf16 default on one model) is recorded as a
+timeout of that precision instead of stopping the job.
+
 Peak memory is the process's resident set size (RSS) sampled every 5 ms by a thread while a
 phase runs (training; batch-8 inference), minus the RSS just before the phase: the extra memory
 the phase needed. It is read from ``/proc/self/statm`` (Linux); elsewhere the increase of
@@ -12,9 +16,11 @@ the phase needed. It is read from ``/proc/self/statm`` (Linux); elsewhere the in
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -137,7 +143,8 @@ def openvino_compile(xml_path: str | Path, precision: str, threads: int) -> Any:
 def openvino_precision(compiled: Any) -> str:
     """The inference precision a compiled model actually runs with (e.g. ``bf16``)."""
     try:
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint).lower()
     except Exception:  # noqa: BLE001  (property missing on some devices)
         return "unknown"
 
@@ -171,3 +178,69 @@ def file_mb(path: str | Path | None) -> float | None:
     if path is None or not Path(path).is_file():
         return None
     return Path(path).stat().st_size / MIB
+
+
+def openvino_measure(
+    xml: str | Path,
+    precision: str,
+    threads: int,
+    image_size: tuple[int, int],
+    batch_sizes: list[int],
+    warmup: int,
+    repeats: int,
+    probe_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """Compile ``xml`` at ``precision``, check the image score against torch's, time every batch size.
+
+    Returns ``runs_as`` (the precision used), ``max_score_diff`` (largest image-score difference with
+    the torch scores stored in ``probe_file``) and ``b<N>_latency_ms``, ``b<N>_throughput_ips``,
+    ``b<N>_peak_mem_mb`` per batch size.
+    """
+    import numpy as np
+
+    compiled = openvino_compile(xml, precision, threads)
+    result: dict[str, Any] = {"runs_as": openvino_precision(compiled)}
+    if probe_file is not None:
+        with np.load(probe_file) as probe:
+            outputs = compiled.create_infer_request().infer({0: probe["images"]})
+            score = next((v for k, v in outputs.items() if "pred_score" in k.get_names()), None)
+            if score is not None:
+                result["max_score_diff"] = float(np.abs(np.asarray(score).reshape(-1) - probe["scores"]).max())
+    for batch in batch_sizes:
+        stats = openvino_latency(compiled, image_size, batch, warmup, repeats)
+        result.update({f"b{batch}_{key}": value for key, value in stats.items()})
+    return result
+
+
+def openvino_in_subprocess(xml: str | Path, precision: str, timeout_s: float = 300, **kwargs: Any) -> dict[str, Any]:
+    """:func:`openvino_measure` in a child process; ``{"error": ...}`` on a timeout or a failure."""
+    request = json.dumps({"xml": str(xml), "precision": precision, **kwargs}, default=str)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.measure"],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout_s:.0f} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        return {"error": tail[0][:300]}
+    return json.loads(lines[-1])
+
+
+def _main() -> int:
+    """Child process of :func:`openvino_in_subprocess`: JSON request on stdin, JSON result on stdout."""
+    request = json.loads(sys.stdin.read())
+    request["image_size"] = tuple(request["image_size"])
+    result = openvino_measure(**request)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -166,6 +166,7 @@ class Runner:
         force: Ignore every stored record.
         progress: Callback ``(event, job, info)`` for progress display (``"start"``, ``"poll"``, ``"done"``).
         python: Interpreter of the workers.
+        openvino_timeout_s: Wall-clock limit of the OpenVINO measurement of one precision.
     """
 
     def __init__(
@@ -176,6 +177,7 @@ class Runner:
         force: bool = False,
         progress: Callable[[str, Job, dict[str, Any]], None] | None = None,
         python: str = sys.executable,
+        openvino_timeout_s: float = 300,
     ) -> None:
         self.output = Path(output)
         self.timeout_s = timeout_s
@@ -183,6 +185,7 @@ class Runner:
         self.force = force
         self.progress = progress or (lambda *_: None)
         self.python = python
+        self.openvino_timeout_s = openvino_timeout_s
         for sub in ("records", "jobs", "errors", "logs", "artifacts"):
             (self.output / sub).mkdir(parents=True, exist_ok=True)
 
@@ -226,9 +229,10 @@ class Runner:
 
     def _run_worker(self, job: Job, errors_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
         record_file = self.output / "records" / f"{job.key}.partial.json"
+        so_far_file = record_file.with_suffix(".sofar.json")
         progress_file = self.output / "logs" / f"{job.key}.progress.json"
         log_file = self.output / "logs" / f"{job.key}.log"
-        for stale in (record_file, progress_file):
+        for stale in (record_file, so_far_file, progress_file):
             stale.unlink(missing_ok=True)
         spec = {
             **job.spec,
@@ -238,6 +242,7 @@ class Runner:
             "artifacts_dir": str(self.output / "artifacts" / job.key),
             "progress_file": str(progress_file),
             "progress_bar": False,
+            "openvino_timeout_s": self.openvino_timeout_s,
         }
         job_file = self.output / "jobs" / f"{job.key}.json"
         job_file.write_text(json.dumps(spec, indent=2, default=str))
@@ -267,7 +272,9 @@ class Runner:
                     "poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)}
                 )
         record = load_record(record_file)
+        so_far = load_record(so_far_file) or {}
         record_file.unlink(missing_ok=True)
+        so_far_file.unlink(missing_ok=True)
         if record is not None and not timed_out:
             if record.get("error"):
                 record["traceback_file"] = str(errors_dir / f"{job.key}.txt")
@@ -282,8 +289,8 @@ class Runner:
         failed = failure_record(
             job, reason, f"{reason}\n--- last lines of {log_file} ---\n{_tail(log_file)}\n", errors_dir
         )
-        failed["wall_time_s"] = time.monotonic() - start
-        return failed
+        # keep what the worker had measured before it died (accuracy, torch latency, ...)
+        return {**so_far, **failed, "wall_time_s": time.monotonic() - start}
 
 
 def _read_progress(path: Path) -> dict[str, Any]:

@@ -182,6 +182,12 @@ class ProgressFile:
         return _Callback()
 
 
+def save_partial(job: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write the record measured so far, so that a worker killed later (timeout) keeps it."""
+    path = Path(job["record"]).with_suffix(".sofar.json")
+    path.write_text(json.dumps({**record, "error": record.get("error")}, indent=2, default=str))
+
+
 def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     """Run ``job``, filling ``record`` as measurements arrive (so a crash keeps what was measured)."""
     import torch
@@ -228,6 +234,7 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     record["memory_method"] = memory.method
     record["epochs"] = int(engine.trainer.current_epoch)
 
+    save_partial(job, record)
     start = time.perf_counter()
     results = engine.test(model=model, datamodule=datamodule, verbose=False)
     record["test_time_s"] = time.perf_counter() - start
@@ -242,6 +249,7 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     record["buffers_mb"] = measure.buffer_bytes(model.model) / measure.MIB
     record["params_m"] = sum(p.numel() for p in model.model.parameters()) / 1e6
 
+    save_partial(job, record)
     model = model.cpu().eval()
     progress.write("latency (torch)")
     for batch in job["batch_sizes"]:
@@ -271,6 +279,7 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
 
     if not job["openvino"]:
         return
+    save_partial(job, record)
     progress.write("export (OpenVINO)")
     try:
         xml = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=artifacts, input_size=size)
@@ -278,19 +287,23 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
         probe = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
             reference = model(probe).pred_score.float().reshape(-1).numpy()
+        probe_file = artifacts / "parity_probe.npz"
+        np.savez(probe_file, images=probe.numpy(), scores=reference)
         for precision in job["openvino_precisions"]:
             progress.write(f"latency (OpenVINO {precision})")
-            compiled = measure.openvino_compile(xml, precision, threads)
-            tag = f"ov_{precision}"
-            record[f"{tag}_runs_as"] = measure.openvino_precision(compiled)
-            scores = compiled.create_infer_request().infer({0: probe.numpy()})
-            score = next(v for k, v in scores.items() if "pred_score" in k.get_names())
-            record[f"{tag}_max_score_diff"] = float(np.abs(np.asarray(score).reshape(-1) - reference).max())
-            for batch in job["batch_sizes"]:
-                stats = measure.openvino_latency(compiled, size, batch, job["warmup"], job["repeats"])
-                record[f"{tag}_b{batch}_latency_ms"] = stats["latency_ms"]
-                record[f"{tag}_b{batch}_throughput_ips"] = stats["throughput_ips"]
-                record[f"{tag}_b{batch}_peak_mem_mb"] = stats["peak_mem_mb"]
+            save_partial(job, record)
+            result = measure.openvino_in_subprocess(
+                xml,
+                precision,
+                threads=threads,
+                image_size=size,
+                batch_sizes=job["batch_sizes"],
+                warmup=job["warmup"],
+                repeats=job["repeats"],
+                probe_file=probe_file,
+                timeout_s=job.get("openvino_timeout_s", 300),
+            )
+            record.update({f"ov_{precision}_{key}": value for key, value in result.items()})
     except Exception as error:  # noqa: BLE001  (any export failure is recorded, the torch numbers stay)
         record["export_error"] = f"{type(error).__name__}: {error}"[:300]
         Path(job["export_traceback"]).parent.mkdir(parents=True, exist_ok=True)
