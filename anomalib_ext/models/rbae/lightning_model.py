@@ -357,9 +357,22 @@ class RBAE(AnomalibModule):
         if self.phase == 2:
             if not bool(self.model.ref_ready):
                 self.model.set_reference(self._reference_image())
+                # Under DDP each rank's BatchNorm statistics saw only its own batches, so the
+                # reference features differ slightly per rank: take rank 0's buffers everywhere.
+                self._buffers_from_rank0()
                 logger.info("RB-AE: phase 2 starts at epoch %d, reference buffers set.", self.current_epoch)
             if self.hparams.freeze_encoder_bn:
                 self.model.encoder.eval()
+
+    def _buffers_from_rank0(self) -> None:
+        """Copy rank 0's network buffers (BN statistics, reference) to every rank (no-op in one process)."""
+        if self.trainer.world_size > 1:
+            for buffer in self.model.buffers():
+                buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0).to(buffer.device))
+
+    def on_train_epoch_end(self) -> None:
+        """DDP: BN running statistics are updated per rank in each step; end every epoch with rank 0's."""
+        self._buffers_from_rank0()
 
     def on_train_end(self) -> None:
         """Warn when training stopped before phase 2 (the model has no reference then, T9)."""

@@ -155,9 +155,15 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
         self.encoder.eval()
         features = self.encoder(ref_image.to(self.ref_image.device, self.ref_image.dtype))
         self.encoder.train(was_training)
-        self.ref_image = ref_image.detach().to(self.ref_image).clone()
-        for level in RBAM_LEVELS:
-            setattr(self, f"ref_feat_{level}", features[level - 1].detach().clone())
+        # copy in place where the shape allows: DDP keeps references to the buffer tensors it syncs
+        values = {"ref_image": ref_image.detach().to(self.ref_image)}
+        values.update({f"ref_feat_{level}": features[level - 1].detach() for level in RBAM_LEVELS})
+        for name, value in values.items():
+            buffer = self.get_tensor_attribute(name)
+            if buffer.shape == value.shape:
+                buffer.copy_(value)
+            else:
+                setattr(self, name, value.clone())
         self.ref_ready.fill_(True)
 
     def repair(self, features: Sequence[Tensor]) -> list[Tensor]:
