@@ -277,13 +277,15 @@ def publish(records: Sequence[dict[str, Any]], output: Path, document: Path, ima
     info = json.loads((output / "run.json").read_text()) if (output / "run.json").is_file() else {}
     frame = records_frame(records)
     hardware = info.get("hardware", {})
+    job_minutes = float(_numeric(frame, "wall_time_s").sum()) / 60
     versions = info.get("versions", {})
     link = Path(os.path.relpath(images.resolve(), document.resolve().parent)).as_posix()
     lines = [
         RESULTS_START,
         "",
-        f"Run of {info.get('finished_at', '?')} UTC, wall time {float(info.get('wall_time_s') or 0) / 60:.1f} min "
-        f"(jobs reused from an earlier run count 0), on {hardware.get('cpu', '?')} "
+        f"Run finished {info.get('finished_at', '?')}; the jobs' own times add up to {job_minutes:.1f} min "
+        f"(the last invocation took {float(info.get('wall_time_s') or 0) / 60:.1f} min, reusing stored jobs), on "
+        f"{hardware.get('cpu', '?')} "
         f"({hardware.get('cores_available', '?')} cores, {hardware.get('ram_gib', '?')} GiB RAM, shared with other "
         f"jobs), {info.get('torch_threads', '?')} thread(s) per job, seed {info.get('seed', '?')}; torch "
         f"{versions.get('torch')}, anomalib {versions.get('anomalib')}, OpenVINO {versions.get('openvino')}, timm "
