@@ -278,9 +278,11 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int:
 class FeatureExtractor(TimmFeatureExtractor):
     """anomalib's :class:`TimmFeatureExtractor` with weights from this resolver.
 
-    Same arguments, same forward (``{layer: features}``), plus ``weights`` for a local file.
-    anomalib's extractor calls timm's download directly; this one builds the same network and fills
-    it through :func:`create_model`, so it works offline and fails loudly instead of falling back.
+    Same arguments and forward (``{layer: features}``), plus ``weights`` for a local file; it takes
+    every option of anomalib's extractor (``output_fmt="NLC"`` for transformers included), so it can
+    stand in wherever anomalib builds one. anomalib's extractor calls timm's download directly; this
+    one builds the same network through :func:`create_model`, so it works offline and fails loudly
+    instead of falling back to random weights.
 
     Example:
         >>> extractor = FeatureExtractor("efficientnet_lite0", layers=[1, 2, 3])
@@ -290,21 +292,30 @@ class FeatureExtractor(TimmFeatureExtractor):
 
     def __init__(
         self,
-        backbone: str,
+        backbone: str | nn.Module,
         layers: Sequence[str | int],
         pre_trained: bool = True,
         requires_grad: bool = False,
         weights: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone=backbone, layers=layers, pre_trained=False, requires_grad=requires_grad)
-        if pre_trained:
-            self.feature_extractor = create_model(
-                backbone,
-                weights=weights,
-                features_only=True,
-                exportable=True,
-                out_indices=self.idx,
-            )
+        # Build the structure without weights (no download), then fill it from the resolver.
+        super().__init__(backbone=backbone, layers=layers, pre_trained=False, requires_grad=requires_grad, **kwargs)
+        if pre_trained and isinstance(backbone, str):
+            if self._uses_intermediates:
+                self.feature_extractor = create_model(
+                    backbone,
+                    weights=weights,
+                    dynamic_img_size=kwargs.get("dynamic_img_size", True),
+                )
+            else:
+                self.feature_extractor = create_model(
+                    backbone,
+                    weights=weights,
+                    features_only=True,
+                    exportable=True,
+                    out_indices=self.idx,
+                )
         # anomalib only skips the gradient in forward; frozen parameters also keep optimisers and
         # DDP's unused-parameter check away from them.
         self.feature_extractor.requires_grad_(requires_grad)

@@ -15,8 +15,8 @@ All share one contract, in the style of kornia's augmentations: parameters are v
 batch on any device and returns the corrupted batch (same shape, dtype and device) and a
 ``(B, 1, H, W)`` float mask in {0, 1} of what was changed. Randomness comes from the ``generator``
 argument, else from a private generator seeded by the constructor's ``seed``, else from torch's
-global RNG. Under DDP, seed the generator per rank (``seed + global_rank``) so that ranks do not
-apply identical corruptions.
+global RNG. Under DDP, seed the generator per rank (:func:`rank_generator`, ``seed + global_rank``)
+so that ranks do not apply identical corruptions.
 
 Example:
     >>> import torch
@@ -28,8 +28,9 @@ Example:
     ...     assert corrupted.shape == images.shape and mask.shape == (4, 1, 64, 64)
 """
 
+from anomalib_ext.augment._utils import rank_generator
 from anomalib_ext.augment.damage import RandomPatchDamage
 from anomalib_ext.augment.noise import NoiseBlend
 from anomalib_ext.augment.perlin import PerlinTextureAnomaly
 
-__all__ = ["NoiseBlend", "PerlinTextureAnomaly", "RandomPatchDamage"]
+__all__ = ["NoiseBlend", "PerlinTextureAnomaly", "RandomPatchDamage", "rank_generator"]

@@ -232,3 +232,18 @@ def randint(
     high_t = torch.as_tensor(high, device=device)
     span = (high_t - low_t).double()
     return (low_t + torch.minimum((u * span).floor(), span - 1)).long()
+
+
+def rank_generator(seed: int | None, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded with ``seed + rank``, so each DDP process draws different corruptions.
+
+    Args:
+        seed: Base seed; ``None`` takes torch's initial seed (the one ``seed_everything`` set).
+        rank: The process's global rank.
+        device: Device of the generator.
+
+    Returns:
+        The seeded generator.
+    """
+    base = torch.initial_seed() if seed is None else seed
+    return torch.Generator(device=device).manual_seed((int(base) + int(rank)) % 2**63)

@@ -31,10 +31,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 IMAGE_SIZE = 64
 METRIC_TOLERANCE = 0.15  # absolute, on image and pixel AUROC in [0, 1]
 
-# Tiny settings per model: those of each model's own integration test (same structure as the
-# offline configs, few channels), and the number of epochs to train. Backbone models use the real
-# offline EfficientNet-Lite0 weights: at random weights both runs score at chance and agree by luck.
-TINY_MODELS: dict[str, tuple[dict, int]] = {
+# Tiny settings per model, (init args, epochs, image side): those of each model's own behaviour test
+# (same structure as the offline configs, few channels), long enough that both runs learn to find
+# the defects. Backbone models use the real offline EfficientNet-Lite0 weights: at random weights, or
+# after too few steps, both runs score at chance and agree only by luck.
+TINY_MODELS: dict[str, tuple[dict, int, int]] = {
     "MLDFR": (
         {
             "cnn_backbone": "efficientnet_lite0",
@@ -47,6 +48,7 @@ TINY_MODELS: dict[str, tuple[dict, int]] = {
             "damage_seed": 0,
         },
         2,
+        IMAGE_SIZE,
     ),
     "SMCC": (
         {
@@ -59,6 +61,7 @@ TINY_MODELS: dict[str, tuple[dict, int]] = {
             "memory_bank_images": 4,
         },
         2,
+        IMAGE_SIZE,
     ),
     "RBAE": (
         {
@@ -67,26 +70,28 @@ TINY_MODELS: dict[str, tuple[dict, int]] = {
             "ffm_mid_channels": 16,
             "perceptual_backbone": "efficientnet_lite0",
             "perceptual_layers": [0, 1, 2],
-            "pre_trained": False,
-            "phase1_epochs": 1,
-            "phase2_epochs": 1,
+            "pre_trained": True,
+            "phase1_epochs": 3,
+            "phase2_epochs": 12,
         },
-        2,
+        15,
+        IMAGE_SIZE,
     ),
-    "N2N": ({"image_size": [IMAGE_SIZE, IMAGE_SIZE], "base_channels": 8, "lr": 1e-3, "early_stopping_patience": 0}, 2),
+    "N2N": ({"image_size": [32, 32], "base_channels": 8, "lr": 2e-3, "early_stopping_patience": 0}, 40, 32),
     "FMGRD": (
         {
             "backbone": "efficientnet_lite0",
             "layers": ["blocks.1", "blocks.2", "blocks.4"],
-            "pre_trained": False,
+            "pre_trained": True,
             "sigma": 1,
         },
         2,
+        IMAGE_SIZE,
     ),
 }
 
 
-def _train(model: str, init_args: dict, data_root: Path, out: Path, devices: int, epochs: int) -> None:
+def _train(model: str, init_args: dict, data_root: Path, out: Path, devices: int, epochs: int, size: int) -> None:
     command = [
         sys.executable,
         "-m",
@@ -104,7 +109,7 @@ def _train(model: str, init_args: dict, data_root: Path, out: Path, devices: int
         "--max-epochs",
         str(epochs),
         "--image-size",
-        str(IMAGE_SIZE),
+        str(size),
         "--out",
         str(out),
     ]
@@ -122,11 +127,11 @@ def _test_in_one_process(model_name: str, checkpoint: Path, data_root: Path, out
 
 @pytest.mark.parametrize("model_name", sorted(TINY_MODELS))
 def test_two_process_ddp_matches_one_process(model_name: str, tmp_path: Path) -> None:
-    init_args, epochs = TINY_MODELS[model_name]
-    data_root = make_fake_mvtec(tmp_path / "data", image_size=IMAGE_SIZE, n_train=8, n_test_good=8, n_test_defect=8)
+    init_args, epochs, size = TINY_MODELS[model_name]
+    data_root = make_fake_mvtec(tmp_path / "data", image_size=size, n_train=8, n_test_good=8, n_test_defect=8)
 
-    _train(model_name, init_args, data_root, tmp_path / "single", devices=1, epochs=epochs)
-    _train(model_name, init_args, data_root, tmp_path / "ddp", devices=2, epochs=epochs)
+    _train(model_name, init_args, data_root, tmp_path / "single", devices=1, epochs=epochs, size=size)
+    _train(model_name, init_args, data_root, tmp_path / "ddp", devices=2, epochs=epochs, size=size)
 
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["world_size"] == 2

@@ -164,3 +164,16 @@ def test_feature_extractor_has_pretrained_weights_and_anomalib_shapes() -> None:
 def test_feature_extractor_without_pretraining_needs_no_weights() -> None:
     extractor = FeatureExtractor("wide_resnet50_2", layers=["layer1"], pre_trained=False)
     assert extractor(torch.rand(1, 3, 32, 32))["layer1"].shape == (1, 256, 8, 8)
+
+
+@pytest.mark.usefixtures("offline")
+def test_feature_extractor_takes_anomalib_transformer_options() -> None:
+    extractor = FeatureExtractor("vit_tiny_patch16_224", layers=["blocks.1"], output_fmt="NLC", pre_trained=False)
+    tokens = extractor(torch.rand(1, 3, 224, 224))["blocks.1"]
+    assert tokens.shape == (1, 196, 192)
+
+
+@pytest.mark.usefixtures("offline")
+def test_feature_extractor_for_a_transformer_needs_real_weights() -> None:
+    with pytest.raises(WeightsNotFoundError, match="vit_tiny_patch16_224"):
+        FeatureExtractor("vit_tiny_patch16_224", layers=["blocks.1"], output_fmt="NLC")

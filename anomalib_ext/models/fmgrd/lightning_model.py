@@ -31,13 +31,16 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+
+from anomalib_ext.augment import rank_generator
+from anomalib_ext.models.defaults import pro_evaluator
 
 from .loss import FmgrdLoss
 from .torch_model import FmgrdModel
@@ -215,14 +218,7 @@ class FMGRD(AnomalibModule):
     @staticmethod
     def configure_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
         """Anomalib's default metrics plus ``AUPRO(fpr_limit=0.3)``, the papers' PRO (A18)."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", fpr_limit=aupro_fpr_limit, strict=False),
-        ]
-        return Evaluator(test_metrics=test_metrics)
+        return pro_evaluator(fpr_limit=aupro_fpr_limit)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Everything but the frozen teacher: MSFF, SCSAtt, OCE, decoder, FMMs."""
@@ -245,10 +241,7 @@ class FMGRD(AnomalibModule):
 
     def on_train_start(self) -> None:
         """Seed the FMM mask generator per process, on the model's device (different masks per DDP rank)."""
-        base_seed = torch.initial_seed() if self.mask_seed is None else self.mask_seed
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed((int(base_seed) + self.global_rank) % (2**63))
-        self.model.mask_generator = generator
+        self.model.mask_generator = rank_generator(self.mask_seed, self.global_rank, self.device)
 
     def on_train_end(self) -> None:
         """Drop the generator so the module can be copied and exported."""

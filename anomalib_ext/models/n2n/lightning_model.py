@@ -44,6 +44,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_ext.augment import rank_generator
+from anomalib_ext.models.defaults import pro_evaluator
 from anomalib_ext.models.n2n.loss import N2NLoss
 from anomalib_ext.models.n2n.torch_model import N2NModel
 
@@ -260,6 +262,11 @@ class N2N(AnomalibModule):
         self._best_score: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
 
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Anomalib's default metrics plus the papers' PRO (``AUPRO(fpr_limit=0.3)``)."""
+        return pro_evaluator(fpr_limit=0.3)
+
     @classmethod
     def configure_pre_processor(
         cls,
@@ -289,7 +296,8 @@ class N2N(AnomalibModule):
 
     def on_fit_start(self) -> None:
         """Seed the training-noise generator per rank (distinct noise on every DDP process)."""
-        self._noise_generator = torch.Generator().manual_seed(self.train_noise_seed + self.global_rank)
+        # On the CPU: the same seed gives the same noise whatever device trains.
+        self._noise_generator = rank_generator(self.train_noise_seed, self.global_rank)
         self._best_score = None
         self._best_state = None
 

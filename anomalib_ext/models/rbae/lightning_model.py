@@ -38,18 +38,18 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.data.utils import read_image
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
-from torchvision.transforms.v2 import Compose, Normalize, Resize
+from torchvision.transforms.v2 import Compose, Resize
 
-from anomalib_ext.augment import PerlinTextureAnomaly
+from anomalib_ext.augment import PerlinTextureAnomaly, rank_generator
+from anomalib_ext.models.defaults import pro_evaluator, reject_normalize
 from anomalib_ext.models.rbae.components import PerceptualNetwork
 from anomalib_ext.models.rbae.loss import RbaeLoss
 from anomalib_ext.models.rbae.torch_model import RbaeModel
@@ -306,14 +306,7 @@ class RBAE(AnomalibModule):
     @staticmethod
     def configure_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
         """Anomalib's default metrics plus AUPRO (the papers' PRO, A31)."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=aupro_fpr_limit),
-        ]
-        return Evaluator(test_metrics=test_metrics)
+        return pro_evaluator(fpr_limit=aupro_fpr_limit)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -346,11 +339,8 @@ class RBAE(AnomalibModule):
 
     def on_train_start(self) -> None:
         """Reject a normalising pre-processor (T11); seed the defect generator per rank."""
-        if self.pre_processor and extract_transforms_by_type(self.pre_processor.transform, Normalize):
-            msg = "RB-AE works in [0, 1] pixel space: its pre-processor must not contain Normalize."
-            raise ValueError(msg)
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(int(self.hparams.seed) + int(self.global_rank))
+        reject_normalize(self.pre_processor, "RB-AE works in [0, 1] pixel space.")
+        self._generator = rank_generator(int(self.hparams.seed), self.global_rank, self.device)
 
     def on_train_epoch_start(self) -> None:
         """Enter phase 2 once: build the reference buffers; keep the encoder frozen (A26, T8)."""

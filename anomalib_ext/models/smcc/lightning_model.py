@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import AUROC, Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -46,6 +46,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
+
+from anomalib_ext.models.defaults import pro_evaluator
 
 from .centres import build_centre_set
 from .loss import SmccLoss
@@ -273,15 +275,7 @@ class SMCC(AnomalibModule):
     @staticmethod
     def configure_evaluator() -> Evaluator:
         """Image/pixel AUROC and F1 plus the papers' PRO (``AUPRO(fpr_limit=0.3)``); image AUROC on validation."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-        ]
-        val_metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
-        return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+        return pro_evaluator(fpr_limit=0.3, val_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
 
     def configure_post_processor(self) -> PostProcessor:
         """The default one-class post-processor of anomalib."""
