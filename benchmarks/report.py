@@ -256,6 +256,11 @@ PUBLISHED_CHARTS = (
 )
 
 
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def publish(records: Sequence[dict[str, Any]], output: Path, document: Path, images: Path) -> Path:
     """Copy the run's charts to ``images`` and put its table between the result markers of ``document``.
 
@@ -284,7 +289,7 @@ def publish(records: Sequence[dict[str, Any]], output: Path, document: Path, ima
         RESULTS_START,
         "",
         f"Run finished {info.get('finished_at', '?')}; the jobs' own times add up to {job_minutes:.1f} min "
-        f"(the last invocation took {float(info.get('wall_time_s') or 0) / 60:.1f} min, reusing stored jobs), on "
+        f"(the last invocation of the command took {float(info.get('wall_time_s') or 0) / 60:.1f} min), on "
         f"{hardware.get('cpu', '?')} "
         f"({hardware.get('cores_available', '?')} cores, {hardware.get('ram_gib', '?')} GiB RAM, shared with other "
         f"jobs), {info.get('torch_threads', '?')} thread(s) per job, seed {info.get('seed', '?')}; torch "
@@ -293,11 +298,19 @@ def publish(records: Sequence[dict[str, Any]], output: Path, document: Path, ima
         "",
         markdown_table(frame),
     ]
-    failed = frame[frame["error"].notna()]
-    if len(failed):
-        lines.append("Failed jobs (recorded by the harness, the run went on):\n")
-        lines.extend(f"- {row['model']} on {row['category']}: `{row['error']}`" for _, row in failed.iterrows())
-        lines.append("")
+    problems = []
+    partial_columns = [column for column in frame.columns if column.endswith("_error") and column != "error"]
+    for _, row in frame.iterrows():
+        if isinstance(row.get("error"), str):
+            problems.append(f"- {row['model']} on {row['category']}: failed, `{_short(row['error'])}`")
+        partial = {c: row[c] for c in partial_columns if isinstance(row[c], str)}
+        problems.extend(
+            f"- {row['model']} on {row['category']}: `{column}`: `{_short(message)}` (its other numbers stand)"
+            for column, message in partial.items()
+        )
+    if problems:
+        lines.append("Failures recorded by the harness (the run went on):\n")
+        lines.extend([*problems, ""])
     for name in copied:
         lines.extend([f"![{name[:-4]}]({link}/{name})", ""])
     lines.append(RESULTS_END)

@@ -84,6 +84,7 @@ def test_publish_replaces_only_the_marked_section_and_copies_charts(tmp_path: Pa
 
     out = tmp_path / "run"
     records = fake_records(tmp_path)
+    records[0]["ov_default_error"] = "timeout after 120 s"
     write_report(records, out)
     page = tmp_path / "docs" / "benchmarks.md"
     page.parent.mkdir()
@@ -94,7 +95,8 @@ def test_publish_replaces_only_the_marked_section_and_copies_charts(tmp_path: Pa
     assert text.endswith("\n\nafter\n")
     assert "old table" not in text
     assert "| DemoTextures | brick | Padim |" in text
-    assert "- Broken on brick: `RuntimeError: x|y`" in text
+    assert "- Broken on brick: failed, `RuntimeError: x|y`" in text
+    assert "`ov_default_error`: `timeout after 120 s` (its other numbers stand)" in text
     assert "](images/benchmarks/accuracy_vs_latency_DemoTextures.png)" in text
     assert (tmp_path / "docs" / "images" / "benchmarks" / "heatmaps_DemoTextures_brick.png").is_file()
     publish(records, out, page, tmp_path / "docs" / "images" / "benchmarks")
