@@ -134,7 +134,8 @@ def accuracy_vs_latency(frame: pd.DataFrame, dataset: str, path: Path) -> Path |
             if np.isnan(row[metric]):
                 continue
             axis.scatter(row["latency"], row[metric], s=70, color=colors(i % 10), label=model)
-            axis.annotate(model, (row["latency"], row[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            offset = (5, 5) if i % 2 == 0 else (5, -12)  # alternate sides so that close points stay readable
+            axis.annotate(model, (row["latency"], row[metric]), textcoords="offset points", xytext=offset, fontsize=8)
         axis.set_xscale("log")
         axis.margins(x=0.2)
         axis.set_xlabel("CPU latency, batch 1 (ms, log; OpenVINO f32, torch where no export)")
