@@ -136,3 +136,19 @@ def test_cli_trains_by_short_name(trained: dict, tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_checkpoint_on_disk_is_the_restored_best_epoch(tmp_path: Path) -> None:
+    # A24: fit ends on the best val_loss epoch; the Engine's checkpoint must hold that same model,
+    # or an export from it would differ from the model that was tested.
+    data_root = make_fake_mvtec(tmp_path / "data", image_size=32, n_train=4, n_test_good=2, n_test_defect=2)
+    datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    model = N2N(image_size=(32, 32), base_channels=8, lr=1e-2, early_stopping_patience=0)
+    engine = Engine(max_epochs=4, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    engine.fit(model, datamodule=datamodule)
+    checkpoint = engine.trainer.checkpoint_callback
+    assert checkpoint.monitor == "val_loss"
+    assert Path(checkpoint.best_model_path).name == "model.ckpt"
+    on_disk = engine.trainer.strategy.load_checkpoint(checkpoint.best_model_path)["state_dict"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(on_disk[key].cpu(), value.cpu()), key

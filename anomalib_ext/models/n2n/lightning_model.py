@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib import LearningType
+from anomalib.callbacks.checkpoint import ModelCheckpoint
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -259,8 +261,6 @@ class N2N(AnomalibModule):
         self.early_stopping_patience = early_stopping_patience
         self.restore_best_weights = restore_best_weights
         self._noise_generator: torch.Generator | None = None
-        self._best_score: float | None = None
-        self._best_state: dict[str, torch.Tensor] | None = None
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -298,8 +298,6 @@ class N2N(AnomalibModule):
         """Seed the training-noise generator per rank (distinct noise on every DDP process)."""
         # On the CPU: the same seed gives the same noise whatever device trains.
         self._noise_generator = rank_generator(self.train_noise_seed, self.global_rank)
-        self._best_score = None
-        self._best_state = None
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Blend fresh noise, reconstruct, and minimise Eq. (9) against the clean image."""
@@ -331,25 +329,20 @@ class N2N(AnomalibModule):
         )
         return batch.update(**predictions._asdict())
 
-    def on_validation_end(self) -> None:
-        """A24: remember the weights with the lowest monitored loss (synced across ranks)."""
-        trainer = self.trainer
-        if not self.restore_best_weights or trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        current = trainer.callback_metrics.get(self.early_stopping_monitor)
-        if current is None:
-            return
-        current = float(current)
-        if self._best_score is None or current < self._best_score:
-            self._best_score = current
-            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
     def on_fit_end(self) -> None:
-        """A24: restore the best weights (the post-processor keeps the last validation's statistics)."""
-        if self.restore_best_weights and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
-            logger.info("N2N: restored the weights with %s = %.6f.", self.early_stopping_monitor, self._best_score)
-        self._best_state = None
+        """A24: continue from the best checkpoint (lowest monitored loss), as testing and export will.
+
+        The checkpoint holds the network and the post-processor statistics of the same epoch, so the
+        model in memory, ``weights/lightning/model.ckpt`` and an export of it are the same model.
+        """
+        checkpoint = self.trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") if self.restore_best_weights else ""
+        if best:
+            state = self.trainer.strategy.load_checkpoint(best)["state_dict"]
+            self.load_state_dict(state)
+            logger.info(
+                "N2N: restored the weights with %s = %.6f.", self.early_stopping_monitor, checkpoint.best_model_score
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (betas (0.5, 0.999)) with cosine annealing stepped once per epoch (Sec. 4.2)."""
@@ -363,8 +356,21 @@ class N2N(AnomalibModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """Anomalib's component callbacks plus early stopping on the monitored loss (A24)."""
+        """Anomalib's component callbacks, a best-epoch checkpoint and early stopping on the monitored loss (A24)."""
         callbacks = list(super().configure_callbacks())
+        if self.restore_best_weights:
+            # Replaces the Engine's checkpoint (same place and name) by one that keeps the best epoch.
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=None
+                    if self._trainer is None
+                    else Path(self.trainer.default_root_dir) / "weights" / "lightning",
+                    filename="model",
+                    monitor=self.early_stopping_monitor,
+                    mode="min",
+                    auto_insert_metric_name=False,
+                ),
+            )
         if self.early_stopping_patience > 0:
             callbacks.append(
                 EarlyStopping(
