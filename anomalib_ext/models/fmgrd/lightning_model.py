@@ -258,7 +258,7 @@ class FMGRD(AnomalibModule):
         loss = self.loss(teacher, generated)
         if self.decoder_loss_weight > 0:
             loss = loss + self.decoder_loss_weight * self.loss(teacher, decoded)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image), sync_dist=True)
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
@@ -269,7 +269,9 @@ class FMGRD(AnomalibModule):
         else:  # one eval-mode pass (no masks, BN statistics untouched) for both the map and val_loss
             teacher, generated, _ = self.model.extract(batch.image)
             predictions = self.model.predict(teacher, generated, batch.image.shape[-2:])
-            self.log("val_loss", self.loss(teacher, generated).item(), on_epoch=True, batch_size=len(batch.image))
+            # Synced: early stopping on val_loss must see the same value on every DDP rank.
+            val_loss = self.loss(teacher, generated).detach()
+            self.log("val_loss", val_loss, on_epoch=True, batch_size=len(batch.image), sync_dist=True)
         return batch.update(**predictions._asdict())
 
     @property

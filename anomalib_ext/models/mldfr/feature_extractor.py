@@ -126,6 +126,14 @@ class MultilevelFeatureExtractor(nn.Module):
             self.vit_target_index = vit_target_block - 1
             kwargs = {} if pre_trained else {"img_size": self.input_size}  # random-weight tests at any size
             self.vit = create_model(vit_backbone, pretrained=pre_trained, **kwargs)
+            native = tuple(self.vit.patch_embed.img_size)
+            if native != tuple(self.input_size):
+                msg = (
+                    f"{vit_backbone} with pretrained weights takes {native[0]}x{native[1]} images (timm does not "
+                    f"resample its position embedding), got input_size {tuple(self.input_size)}: set the "
+                    f"pre-processor's image size to {native}."
+                )
+                raise ValueError(msg)
             self.vit.prune_intermediate_layers(indices=[self.vit_input_index, self.vit_target_index], prune_norm=True)
             patch = self.vit.patch_embed.patch_size
             vit_grid = (height // patch[0], width // patch[1])

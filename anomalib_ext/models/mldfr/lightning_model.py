@@ -39,16 +39,16 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.data.transforms.utils import extract_transforms_by_type
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Resize
 
-from anomalib_ext.augment import RandomPatchDamage
+from anomalib_ext.augment import RandomPatchDamage, rank_generator
+from anomalib_ext.models.defaults import pro_evaluator, reject_normalize
 from anomalib_ext.models.mldfr.loss import MLDFRLoss
 from anomalib_ext.models.mldfr.torch_model import MLDFRModel
 
@@ -312,14 +312,7 @@ class MLDFR(AnomalibModule):
     @staticmethod
     def configure_evaluator() -> Evaluator:
         """Default anomalib metrics plus the papers' PRO (``AUPRO`` up to FPR 0.3)."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-        ]
-        return Evaluator(test_metrics=test_metrics)
+        return pro_evaluator(fpr_limit=0.3)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the pre-processor, then rebuild the network if the saved input size differs.
@@ -334,15 +327,13 @@ class MLDFR(AnomalibModule):
 
     def on_train_start(self) -> None:
         """Reject a Normalize in the pre-processor: the damage works in [0, 1] pixel space (T7)."""
-        if self.pre_processor and extract_transforms_by_type(self.pre_processor.transform, Normalize):
-            msg = "MLDFR normalises inside the model; remove Normalize from the pre-processor transforms."
-            raise ValueError(msg)
+        reject_normalize(
+            self.pre_processor, "MLDFR damages images in [0, 1] pixel space and normalises inside the model."
+        )
 
     def on_fit_start(self) -> None:
         """Create the damage generator, seeded differently on every DDP rank (T20)."""
-        seed = torch.initial_seed() if self.damage_seed is None else self.damage_seed
-        self.damage_generator = torch.Generator(device=self.device)
-        self.damage_generator.manual_seed((int(seed) + self.global_rank) % 2**63)
+        self.damage_generator = rank_generator(self.damage_seed, self.global_rank, self.device)
 
     def on_train_epoch_start(self) -> None:
         """Re-apply the frozen backbones' eval mode (Lightning restores module modes after validation)."""
@@ -354,7 +345,7 @@ class MLDFR(AnomalibModule):
         damaged, _ = self.damage(batch.image, generator=self.damage_generator)
         restored, target = self.model(batch.image, damaged)
         loss = self.loss(restored, target)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, sync_dist=True)
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
