@@ -42,6 +42,7 @@ SUMMARY_COLUMNS: dict[str, tuple[str, str]] = {
     "dataset": ("dataset", "{}"),
     "category": ("category", "{}"),
     "model": ("model", "{}"),
+    "input_size": ("input px", "{:.0f}"),
     "image_AUROC": ("img AUROC", "{:.3f}"),
     "pixel_AUROC": ("px AUROC", "{:.3f}"),
     "pixel_AUPRO": ("AUPRO", "{:.3f}"),
@@ -210,7 +211,7 @@ def heatmap_grid(frame: pd.DataFrame, dataset: str, category: str, path: Path) -
         axis.set_xticks([])
         axis.set_yticks([])
     fig.suptitle(f"{dataset} / {category}: anomaly maps (jet, 0..1 after each model's normalisation)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

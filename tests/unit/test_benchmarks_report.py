@@ -31,6 +31,7 @@ def fake_records(tmp_path: Path) -> list[dict]:
                     "category": category,
                     "profile": "cpu",
                     "error": None,
+                    "input_size": 128,
                     "image_AUROC": 0.8 + 0.05 * i,
                     "pixel_AUROC": 0.9,
                     "pixel_AUPRO": 0.7,
@@ -54,7 +55,7 @@ def test_report_writes_csv_markdown_charts_and_heatmap_grids(tmp_path: Path):
     assert len(table) == 5
     assert list(table.columns[:4]) == ["dataset", "category", "model", "profile"]
     markdown = (out / "results.md").read_text()
-    assert "| DemoTextures | brick | Padim | 0.800 |" in markdown
+    assert "| DemoTextures | brick | Padim | 128 | 0.800 |" in markdown
     assert "RuntimeError: x\\|y" in markdown  # pipes escaped, error column kept
     assert (out / "accuracy_vs_latency_DemoTextures.png").stat().st_size > 1000
     assert (out / "bar_image_AUROC.png").is_file()
@@ -94,7 +95,7 @@ def test_publish_replaces_only_the_marked_section_and_copies_charts(tmp_path: Pa
     assert text.startswith("# Title\n\nbefore\n\n")
     assert text.endswith("\n\nafter\n")
     assert "old table" not in text
-    assert "| DemoTextures | brick | Padim |" in text
+    assert "| DemoTextures | brick | Padim | 128 |" in text
     assert "- Broken on brick: failed, `RuntimeError: x|y`" in text
     assert "`ov_default_error`: `timeout after 120 s` (its other numbers stand)" in text
     assert "](images/benchmarks/accuracy_vs_latency_DemoTextures.png)" in text
