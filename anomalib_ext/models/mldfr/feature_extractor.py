@@ -107,7 +107,10 @@ class MultilevelFeatureExtractor(nn.Module):
         self.cnn_pool_steps: list[int] = []
         self.deep_stage: nn.Sequential | None = None
         if cnn_backbone is not None:
-            self.cnn = FeatureExtractor(cnn_backbone, layers=list(cnn_layers), pre_trained=pre_trained)
+            # the deep branch runs the stage after the last tap itself (truncated below)
+            self.cnn = FeatureExtractor(
+                cnn_backbone, layers=list(cnn_layers), pre_trained=pre_trained, truncate=not deep_branch
+            )
             info = self.cnn.feature_extractor.feature_info
             reductions = info.reduction()
             self.grid_size = (height // reductions[-1], width // reductions[-1])
