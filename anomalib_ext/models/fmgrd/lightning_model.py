@@ -40,7 +40,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_ext.augment import rank_generator
+from anomalib_ext.models.components import FrozenFeatureCache
 from anomalib_ext.models.defaults import pro_evaluator
+from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
 from .loss import FmgrdLoss
 from .torch_model import FmgrdModel
@@ -207,6 +209,7 @@ class FMGRD(AnomalibModule):
             conv_init=conv_init,
         )
         self.loss = FmgrdLoss(mode=loss_mode)
+        self.teacher_cache = FrozenFeatureCache()
         self.decoder_loss_weight = decoder_loss_weight
         self.mask_seed = mask_seed
         self.lr = lr
@@ -214,6 +217,11 @@ class FMGRD(AnomalibModule):
         self.l2_lambda = l2_lambda
         self.early_stopping_patience = early_stopping_patience
         self.early_stopping_monitor = early_stopping_monitor
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """The order-preserving post-processor: metrics see no clamping ties (anomalib_ext.post_processing)."""
+        return OrderPreservingPostProcessor()
 
     @staticmethod
     def configure_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
@@ -244,8 +252,9 @@ class FMGRD(AnomalibModule):
         self.model.mask_generator = rank_generator(self.mask_seed, self.global_rank, self.device)
 
     def on_train_end(self) -> None:
-        """Drop the generator so the module can be copied and exported."""
+        """Drop the generator so the module can be copied and exported, and the teacher-feature cache."""
         self.model.mask_generator = None
+        self.teacher_cache.clear()
 
     def on_train_epoch_start(self) -> None:
         """Re-freeze the teacher: Lightning restores train mode after validation (BN statistics stay fixed)."""
@@ -254,7 +263,9 @@ class FMGRD(AnomalibModule):
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Eq. 13 on the masked ``F_G`` (plus the optional ``F_D`` term, A11); logs ``train_loss``."""
         del args, kwargs  # These variables are not used.
-        teacher, generated, decoded = self.model(batch.image)
+        # the frozen teacher's features are computed once per training image (FrozenFeatureCache)
+        teacher = self.teacher_cache(self.model.encode, batch.image, batch.image_path)
+        generated, decoded = self.model.distil(teacher)
         loss = self.loss(teacher, generated)
         if self.decoder_loss_weight > 0:
             loss = loss + self.decoder_loss_weight * self.loss(teacher, decoded)

@@ -215,13 +215,20 @@ class FmgrdModel(nn.Module):
             current = regenerated if self.fmm_inline else feature  # A8: side branch unless inline
         return generated, decoded
 
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen teacher's features ``F_E``, finest level first."""
+        self.encoder.eval()
+        return list(self.encoder(images).values())
+
+    def distil(self, teacher: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Bottleneck and student from the teacher's features: ``(F_G, F_D)``, finest level first."""
+        return self.decode(self.oce(self.scsatt(self.msff(teacher))))
+
     def extract(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Return ``(F_E, F_G, F_D)``, finest level first; FMM masks follow the module's mode."""
-        self.encoder.eval()
-        with torch.no_grad():
-            teacher = list(self.encoder(images).values())
-        bottleneck = self.oce(self.scsatt(self.msff(teacher)))
-        generated, decoded = self.decode(bottleneck)
+        teacher = self.encode(images)
+        generated, decoded = self.distil(teacher)
         return teacher, generated, decoded
 
     def predict(
