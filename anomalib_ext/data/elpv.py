@@ -38,6 +38,8 @@ Example:
 References:
     Buerhop-Lutz, Deitsch, Maier, Gallwitz, Berger, Doll, Hauch, Camus, Brabec: A Benchmark for Visual
     Identification of Defective Solar Cells in Electroluminescence Imagery. EU PVSEC 2018.
+    Deitsch, Christlein, Berger, Buerhop-Lutz, Maier, Gallwitz, Riess: Automatic classification of
+    defective photovoltaic module cells in electroluminescence images. Solar Energy 185, 2019.
     Deitsch, Buerhop-Lutz, Sovetkin, Steland, Maier, Gallwitz, Riess: Segmentation of photovoltaic
     module cells in uncalibrated electroluminescence images. Machine Vision and Applications 32, 2021.
 
@@ -65,6 +67,8 @@ PACKAGE = "elpv_dataset"
 LABELS_FILE = "labels.csv"
 # The four probabilities the annotators used; a threshold must be one of the defective ones.
 PROBABILITIES = (0.0, 1 / 3, 2 / 3, 1.0)
+# They are 1/3 apart, so a threshold written with two decimals (0.67 on a command line) names 2/3.
+THRESHOLD_TOLERANCE = 0.01
 
 
 class ELPVDatasetError(FileNotFoundError):
@@ -95,6 +99,9 @@ def read_labels(root: str | Path) -> DataFrame:
         ELPVDatasetError: If the file is missing, a row is malformed or names a missing image.
     """
     labels_file = Path(root) / LABELS_FILE
+    if not Path(root).is_dir():
+        msg = f"ELPV folder {Path(root)} does not exist: expected a folder holding {LABELS_FILE} and images/."
+        raise ELPVDatasetError(msg)
     if not labels_file.is_file():
         msg = f"ELPV labels file {labels_file} not found: expected {LABELS_FILE} and images/ in {Path(root)}."
         raise ELPVDatasetError(msg)
@@ -151,7 +158,7 @@ def make_elpv_dataset(
         if cell.probability == 0.0:
             split_name = Split.TRAIN.value if index in train_index else Split.TEST.value
             rows.append((split_name, "good", cell.image_path, "", int(LabelName.NORMAL), cell.probability))
-        elif cell.probability >= defect_threshold - 1e-6:
+        elif cell.probability >= defect_threshold - THRESHOLD_TOLERANCE:
             rows.append((Split.TEST.value, "defective", cell.image_path, "", int(LabelName.ABNORMAL), cell.probability))
     samples = DataFrame(rows, columns=["split", "label", "image_path", "mask_path", "label_index", "probability"])
     samples.insert(0, "path", str(Path(root)))
@@ -169,10 +176,10 @@ def _validate(category: str, train_ratio: float, defect_threshold: float) -> Non
     if not 0.0 < train_ratio < 1.0:
         msg = f"ELPV train_ratio={train_ratio} is invalid: expected a fraction strictly between 0 and 1."
         raise ValueError(msg)
-    if not any(abs(defect_threshold - p) < 1e-6 for p in PROBABILITIES[1:]):
+    if not any(abs(defect_threshold - p) <= THRESHOLD_TOLERANCE for p in PROBABILITIES[1:]):
         msg = (
             f"ELPV defect_threshold={defect_threshold} is invalid: expected one of the annotated probabilities "
-            "1/3, 2/3 or 1 (a cell is defective when its probability is at least the threshold)."
+            "1/3, 2/3 or 1, within 0.01 (e.g. 0.67; a cell is defective when its probability reaches the threshold)."
         )
         raise ValueError(msg)
 
@@ -239,7 +246,8 @@ class ELPV(AnomalibDataModule):
             ``from_train`` keeps test images out of model selection).
         val_split_ratio: Fraction of the training (or test) images used for validation when splitting.
         train_ratio: Fraction of the functional cells used for training (0.75).
-        defect_threshold: Smallest defect probability counted as defective: 1 (default) or 2/3.
+        defect_threshold: Smallest defect probability counted as defective: 1 (default) or 2/3
+            (``0.67`` is read as 2/3: a value within 0.01 of an annotated probability names it).
         split_seed: Seed of the train/test draw of the functional cells; fixed so every model and
             every run sees the same split.
         seed: Seed of anomalib's validation split.

@@ -220,3 +220,53 @@ def make_fake_dagm(
         labels.parent.mkdir(parents=True, exist_ok=True)
         labels.write_text("\n".join(lines) + "\n")
     return root
+
+
+# Probabilities as the real labels.csv writes them (repr of the float).
+ELPV_PROBABILITIES = (0.0, 1 / 3, 2 / 3, 1.0)
+
+
+def make_fake_elpv(
+    root: str | Path,
+    counts: dict[str, tuple[int, int, int, int]] | None = None,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write the ELPV layout: ``root/labels.csv`` and ``root/images/cellNNNN.png`` (grayscale).
+
+    ``labels.csv`` is whitespace-aligned like the real one (``images/cell0001.png  1.0  mono``), rows
+    in a seeded random order of cell types and probabilities. Functional cells (probability 0) are the
+    striped texture; the others carry a dark defect (no masks exist in ELPV).
+
+    Args:
+        root: Folder that receives ``labels.csv`` and ``images/``.
+        counts: Cells per type, as ``(p=0, p=1/3, p=2/3, p=1)``. Defaults to mono ``(20, 2, 3, 5)``
+            and poly ``(12, 1, 2, 4)``.
+        image_size: Side of the square images.
+        seed: Seed of the numpy generator: the same seed writes the same files.
+
+    Returns:
+        The dataset root (``root``).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    counts = counts or {"mono": (20, 2, 3, 5), "poly": (12, 1, 2, 4)}
+    cells = [
+        (cell_type, probability)
+        for cell_type, per_probability in counts.items()
+        for probability, count in zip(ELPV_PROBABILITIES, per_probability, strict=True)
+        for _ in range(count)
+    ]
+    order = rng.permutation(len(cells))
+    lines = []
+    for number, index in enumerate(order, start=1):
+        cell_type, probability = cells[index]
+        if probability == 0.0:
+            image = normal_texture(rng, image_size)
+        else:
+            image, _ = defective_image(rng, image_size)
+        name = f"images/cell{number:04d}.png"
+        _save(image[..., 0], root / name)
+        lines.append(f"{name}  {probability!r:<18}  {cell_type}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root

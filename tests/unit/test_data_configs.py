@@ -24,7 +24,7 @@ def print_config(*args: str) -> dict:
 
 
 def test_all_dataset_configs_are_present():
-    assert {p.stem for p in CONFIGS} >= {"dagm", "mpdd", "btad", "mvtecad", "visa", "demo_textures"}
+    assert {p.stem for p in CONFIGS} >= {"dagm", "mpdd", "btad", "mvtecad", "visa", "demo_textures", "elpv"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -48,7 +48,7 @@ def test_config_instantiates_its_datamodule(config):
     assert datamodule.category == yaml.safe_load(config.read_text())["data"]["init_args"]["category"]
 
 
-@pytest.mark.parametrize("name", ["DAGM", "DemoTextures", "BTAD"])
+@pytest.mark.parametrize("name", ["DAGM", "DemoTextures", "BTAD", "ELPV"])
 def test_short_names_resolve_on_the_cli(name):
     printed = print_config("--data", name)
     assert printed["data"]["class_path"] == f"anomalib_ext.data.{name}"
