@@ -13,19 +13,21 @@ foreign texture makes the region look out of place, which is what a defect is.
 axis, quintic fade, ``sqrt(2)`` scaling, rotation, threshold 0.5; same 3-op texture augmentation
 list), but with every random draw taken from one ``torch.Generator``, the noise and masks of the
 whole batch computed at once, and the known traps fixed (``blend_factor`` int/list silently
-becoming 0.5; upper-case ``*.JPEG`` files not found; empty masks). Texture sources, in order of
-preference:
+becoming 0.5; upper-case ``*.JPEG`` files not found; empty masks). Texture sources:
 
 1. ``texture_dir``: a folder of natural images (DTD, an ImageNet subset, ...), searched recursively,
-   extensions matched case-insensitively;
-2. otherwise other normal images of the same batch (cut-paste: image ``b`` gets the content of a
-   different random image of the batch), so it works offline with no extra data;
-3. ``texture_source="noise"``: anomalib's Perlin-noise pseudo-texture.
+   extensions matched case-insensitively (the paper's choice: foreign natural images);
+2. otherwise (``"noise"``, the offline default) anomalib's Perlin-noise pseudo-texture, foreign to
+   any real surface;
+3. ``texture_source="batch"``: cut-paste from another normal image of the same batch at the same
+   place. On a homogeneous texture that content is what was there already: a few percent of such
+   "defects" (one in 32 in ``tests/unit/test_perlin.py``) change nothing visible, even after the
+   3 random ops, yet are labelled defective. Not a default any more.
 
 Example:
     >>> import torch
     >>> from anomalib_ext.augment import PerlinTextureAnomaly
-    >>> anomaly = PerlinTextureAnomaly(seed=0)            # no folder: cut-paste from the batch
+    >>> anomaly = PerlinTextureAnomaly(seed=0)            # no folder: Perlin-noise textures
     >>> images = torch.rand(4, 3, 64, 64)                 # [0, 1] pixel space
     >>> defective, mask = anomaly(images)
     >>> defective.shape, mask.shape
@@ -144,7 +146,7 @@ def list_texture_images(folder: str | Path) -> list[Path]:
         msg = (
             f"texture_dir={str(folder)!r} contains no images (searched recursively for extensions "
             f"{sorted(extensions)}, any case). Point it at a folder of texture images (e.g. DTD) or "
-            "pass texture_dir=None to cut-paste from the batch."
+            "pass texture_dir=None for Perlin-noise textures."
         )
         raise ValueError(msg)
     return paths
@@ -164,10 +166,11 @@ class PerlinTextureAnomaly(SeededRandomness):
         texture_dir: A14: folder of texture images (DTD, an ImageNet subset, ...). Required when
             ``texture_source="folder"``; used by ``"auto"`` when given. A folder with no images
             raises ``ValueError`` naming it.
-        texture_source: ``"auto"`` (default: ``texture_dir`` if given, else ``"batch"``),
-            ``"folder"``, ``"batch"`` (each image gets the content of another random image of the
-            batch, the offline cut-paste fallback of spec section 8) or ``"noise"`` (anomalib's
-            Perlin-noise pseudo-texture, ``noise * 0.5 + 0.25``).
+        texture_source: ``"auto"`` (default: ``texture_dir`` if given, else ``"noise"``),
+            ``"folder"``, ``"noise"`` (anomalib's Perlin-noise pseudo-texture,
+            ``noise * 0.5 + 0.25``) or ``"batch"`` (each image gets the content of another random
+            image of the batch at the same place, the cut-paste fallback of spec section 8; on a
+            homogeneous texture some of these defects are invisible, see the module docstring).
         augment_texture: A14: apply 3 distinct random ops from anomalib's DRAEM list (contrast,
             brightness, sharpness, hue/saturation, solarize, posterize, invert, AutoAugment,
             equalize, affine) to each texture (default True). Keep it on for ``"batch"`` textures:
@@ -229,7 +232,7 @@ class PerlinTextureAnomaly(SeededRandomness):
             msg = "texture_source='folder' needs texture_dir (a folder of texture images), got None."
             raise ValueError(msg)
         if texture_source == "auto":
-            texture_source = "folder" if texture_dir is not None else "batch"
+            texture_source = "folder" if texture_dir is not None else "noise"
         self.texture_source = texture_source
         self.texture_dir = None if texture_dir is None else Path(texture_dir)
         self.texture_paths = list_texture_images(texture_dir) if texture_source == "folder" else []

@@ -62,10 +62,44 @@ def test_masks_are_binary_nonempty_and_vary():
 
 def test_batch_texture_changes_exactly_the_mask():
     images = noise_images()
-    out, mask = PerlinTextureAnomaly(seed=1)(images)
+    out, mask = PerlinTextureAnomaly(texture_source="batch", seed=1)(images)
     assert mask.shape == (6, 1, 64, 64)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
     assert torch.equal((out != images).any(1, keepdim=True).to(out.dtype), mask)
+
+
+def homogeneous_texture_batch(batch: int = 32, size: int = 64) -> torch.Tensor:
+    """``batch`` copies of one periodic texture: another image at the same place shows the same content."""
+    x = torch.linspace(0, 1, size)
+    texture = 0.5 + 0.3 * torch.sin(x * 40)[None, :] * torch.cos(x * 25)[:, None]
+    return texture.expand(batch, 3, size, size).clone()
+
+
+def mean_change_inside_mask(out: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per image: mean absolute change over the masked pixels."""
+    change = (out - images).abs().mean(1, keepdim=True) * mask
+    return change.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+
+
+@pytest.mark.parametrize("augment_texture", [True, False])
+def test_default_offline_defects_are_foreign_and_visible(augment_texture):
+    """Without a texture folder every defect changes what it covers (no same-texture cut-paste, issue 15).
+
+    The former default pasted another image of the batch at the same place: on a homogeneous texture
+    all 32 defects were invisible without the 3 random ops, and 1 in 32 with them.
+    """
+    images = homogeneous_texture_batch()
+    anomaly = PerlinTextureAnomaly(augment_texture=augment_texture, seed=0)
+    out, mask = anomaly(images)
+    assert bool((mask.flatten(1).amax(1) > 0).all())
+    assert mean_change_inside_mask(out, images, mask).min() > 0.05
+
+
+def test_batch_texture_on_a_homogeneous_texture_can_be_invisible():
+    """Documents why ``"batch"`` is no longer the default (module docstring)."""
+    images = homogeneous_texture_batch()
+    out, mask = PerlinTextureAnomaly(texture_source="batch", augment_texture=False, seed=0)(images)
+    assert mean_change_inside_mask(out, images, mask).max() < 1e-6
 
 
 def test_batch_texture_comes_from_another_image_of_the_batch():
