@@ -1,5 +1,7 @@
-"""Building blocks shared by the package's models."""
+"""Building blocks shared by the package's models: the mixin of shared concerns, scoring, frozen-feature cache."""
 
+from .base import AnomalibExtModule
 from .feature_cache import FrozenFeatureCache
+from .scoring import AnomalyScorer, ScoreMode, image_score
 
-__all__ = ["FrozenFeatureCache"]
+__all__ = ["AnomalibExtModule", "AnomalyScorer", "FrozenFeatureCache", "ScoreMode", "image_score"]

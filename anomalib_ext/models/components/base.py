@@ -1,0 +1,87 @@
+"""What the package's five Lightning modules configure the same way, written once.
+
+:class:`AnomalibExtModule` is a mixin placed *before* :class:`~anomalib.models.components.AnomalibModule`
+in a model's bases (``class FMGRD(AnomalibExtModule, AnomalibModule)``), so ``AnomalibModule`` stays a
+direct base, which :func:`anomalib.models.get_model` needs. It provides:
+
+- the evaluator: :func:`anomalib_ext.models.defaults` metrics (image/pixel AUROC, F1-max, AP, AUPRO at
+  FPR 0.3);
+- the post-processor: :class:`~anomalib_ext.post_processing.OrderPreservingPostProcessor` (metrics on
+  unclipped order);
+- one random generator per process, ``self.generator``, seeded from the seed ``seed_everything`` set plus
+  the global rank (so DDP ranks draw different corruptions and masks), created at fit start and
+  dropped at fit end (a ``torch.Generator`` can be neither copied nor exported);
+- frozen sub-networks kept in eval mode: a model lists them in ``frozen_modules`` (attribute paths in
+  ``self.model``); they are frozen (``requires_grad_(False)``) when training starts and put back in eval
+  mode at every training epoch and batch, because Lightning restores each module's mode after
+  validation without calling ``train()``.
+
+Example:
+    >>> class MyModel(AnomalibExtModule, AnomalibModule):  # doctest: +SKIP
+    ...     frozen_modules = ("encoder",)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
+from torch import nn
+
+from anomalib_ext.augment import rank_generator
+from anomalib_ext.models.defaults import pro_evaluator
+from anomalib_ext.post_processing import OrderPreservingPostProcessor
+
+
+class AnomalibExtModule:
+    """Mixin of the shared concerns of the package's models (see the module docstring)."""
+
+    #: Attribute paths, relative to ``self.model``, of sub-networks that never train.
+    frozen_modules: tuple[str, ...] = ()
+
+    #: The per-process random generator (``None`` outside ``fit``).
+    generator: torch.Generator | None = None
+
+    model: nn.Module
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image/pixel AUROC, F1-max and AP, and AUPRO up to FPR 0.3 (the papers' PRO)."""
+        return pro_evaluator()
+
+    def configure_post_processor(self) -> PostProcessor:
+        """Anomalib's post-processor with an order-preserving normalisation (no clamping ties in metrics)."""
+        return OrderPreservingPostProcessor()
+
+    def frozen(self) -> list[nn.Module]:
+        """The sub-networks named in ``frozen_modules``."""
+        return [self.model.get_submodule(path) for path in self.frozen_modules]
+
+    def keep_frozen_in_eval(self) -> None:
+        """Put the frozen sub-networks in eval mode (BatchNorm statistics and dropout stay fixed)."""
+        for module in self.frozen():
+            module.eval()
+
+    def on_fit_start(self) -> None:
+        """Create the per-process generator and freeze the frozen sub-networks."""
+        super().on_fit_start()  # type: ignore[misc]
+        self.generator = rank_generator(None, self.global_rank, self.device)  # type: ignore[attr-defined]
+        for module in self.frozen():
+            module.requires_grad_(False)
+
+    def on_fit_end(self) -> None:
+        """Drop the generator so the module can be copied and exported."""
+        super().on_fit_end()  # type: ignore[misc]
+        self.generator = None
+
+    def on_train_epoch_start(self) -> None:
+        """Frozen sub-networks back to eval (Lightning restored their mode after validation)."""
+        super().on_train_epoch_start()  # type: ignore[misc]
+        self.keep_frozen_in_eval()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Frozen sub-networks in eval for every step (cheap, and robust to hooks that call ``train()``)."""
+        super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
+        self.keep_frozen_in_eval()
