@@ -120,3 +120,29 @@ def test_invalid_options_are_rejected() -> None:
         MLDFRModel(**OFFLINE, input_size=(64, 64), score_aggregation="median", pre_trained=False)
     with pytest.raises(ValueError, match="at least one backbone"):
         MultilevelFeatureExtractor(cnn_backbone=None, vit_backbone=None, pre_trained=False)
+
+
+@pytest.mark.parametrize(
+    ("layers", "bad"),
+    [([1, 2, 9], "9"), ([1, 2, -1], "-1"), (["blocks.1", "blocks.9"], "'blocks.9'"), ([1, 2, "layer3"], "'layer3'")],
+)
+def test_unknown_cnn_layer_is_named_with_the_accepted_taps(layers: list, bad: str) -> None:
+    # issue 16: MLDFR(cnn_layers=[1, 2, 9]) raised a bare IndexError from inside timm, and an unknown
+    # name was dropped by anomalib's extractor with only a logged warning (fewer taps than asked).
+    with pytest.raises(ValueError, match=rf"cnn_layers value {bad} is not a feature tap of efficientnet_lite0") as info:
+        MLDFRModel(cnn_backbone="efficientnet_lite0", cnn_layers=layers, vit_backbone=None, pre_trained=False)
+    assert "3 = 'blocks.4' (stride 16)" in str(info.value)
+    assert "4 = 'blocks.6' (stride 32)" in str(info.value)
+
+
+def test_lightning_model_rejects_an_unknown_cnn_layer_by_value() -> None:
+    from anomalib_ext.models import MLDFR
+
+    with pytest.raises(ValueError, match=r"cnn_layers value 9 .*accepted taps are 0 = 'blocks.0'"):
+        MLDFR(cnn_backbone="efficientnet_lite0", cnn_layers=[1, 2, 9], vit_backbone=None, pre_trained=False)
+
+
+@pytest.mark.parametrize("layers", [[3, 1, 2], [1, 1, 3]])
+def test_cnn_layers_must_go_from_shallow_to_deep(layers: list) -> None:
+    with pytest.raises(ValueError, match="from shallow to deep"):
+        MLDFRModel(cnn_backbone="efficientnet_lite0", cnn_layers=layers, vit_backbone=None, pre_trained=False)

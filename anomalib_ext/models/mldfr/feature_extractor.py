@@ -31,9 +31,11 @@ See Also:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,50 @@ def _split_tap(tap: str) -> tuple[str, int]:
         msg = f"Deep tap {tap!r} must name a block inside a stage, like 'blocks.5.0'."
         raise ValueError(msg)
     return parent, int(index)
+
+
+def check_cnn_layers(backbone: str, layers: Sequence[str | int]) -> list[str | int]:
+    """Check that ``layers`` are feature taps of ``backbone``, distinct and ordered shallow to deep.
+
+    anomalib's ``TimmFeatureExtractor`` would raise a bare ``IndexError`` for an index out of range
+    and silently drop an unknown name (with only a logged warning), leaving fewer taps than asked.
+
+    Args:
+        backbone: timm name of the CNN.
+        layers: Taps as timm feature indices (``[1, 2, 3]``) or module names (``["layer1", ...]``).
+
+    Returns:
+        ``layers`` as a list.
+
+    Raises:
+        ValueError: Naming the bad value and the accepted taps of ``backbone`` (index, name, stride).
+    """
+    info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info.info
+    names = [tap["module"] for tap in info]
+    accepted = ", ".join(f"{index} = {tap['module']!r} (stride {tap['reduction']})" for index, tap in enumerate(info))
+    layers = list(layers)
+    if not layers:
+        msg = f"cnn_layers is empty: give at least one tap of {backbone}; accepted taps: {accepted}."
+        raise ValueError(msg)
+    indices = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, str)):
+            index = None
+        elif isinstance(layer, int):
+            index = layer if 0 <= layer < len(info) else None
+        else:
+            index = names.index(layer) if layer in names else None
+        if index is None:
+            msg = f"cnn_layers value {layer!r} is not a feature tap of {backbone}: accepted taps are {accepted}."
+            raise ValueError(msg)
+        indices.append(index)
+    if any(later <= earlier for earlier, later in itertools.pairwise(indices)):
+        msg = (
+            f"cnn_layers={layers!r} must list distinct taps of {backbone} from shallow to deep "
+            f"(they are pooled to the grid of the last one); accepted taps: {accepted}."
+        )
+        raise ValueError(msg)
+    return layers
 
 
 class MultilevelFeatureExtractor(nn.Module):
@@ -107,6 +153,7 @@ class MultilevelFeatureExtractor(nn.Module):
         self.cnn_pool_steps: list[int] = []
         self.deep_stage: nn.Sequential | None = None
         if cnn_backbone is not None:
+            cnn_layers = check_cnn_layers(cnn_backbone, cnn_layers)
             # the deep branch runs the stage after the last tap itself (truncated below)
             self.cnn = FeatureExtractor(
                 cnn_backbone, layers=list(cnn_layers), pre_trained=pre_trained, truncate=not deep_branch
