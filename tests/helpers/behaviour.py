@@ -1,0 +1,150 @@
+"""Behaviour-test data only a learning model can separate, and the zero-learning baseline that must fail.
+
+Normal images are an oriented stripe texture with a random phase (so the mean training image is flat
+and no pixel position is special) plus fine noise, in the grey range [0.25, 0.75]. Every defect stays
+inside that range, so neither a brightness test (``|grey - 0.5|``) nor the distance to the mean training
+image finds it; a model has to learn what the texture looks like:
+
+- ``rotated``: the stripes turn by 90 degrees inside the defect;
+- ``period``: the stripes are 2.5 times finer inside the defect;
+- ``blur``: the stripes are washed out (a local blur towards the mean grey);
+- ``warp``: a swirl bends the stripes;
+- ``bright`` / ``dark``: the stripes keep their direction at lower contrast on a brighter / darker
+  level (both polarities, still inside the normal range).
+
+Masks are exact. ``make_behaviour_dataset`` writes the MVTec AD layout (category ``texture``), read with
+anomalib's ``MVTecAD``; ``zero_learning_auroc`` scores the test set with the squared distance to the
+mean training image, the baseline that every behaviour test asserts to fail.
+
+Example:
+    >>> root = make_behaviour_dataset(tmp_path)  # doctest: +SKIP
+    >>> image_auroc, pixel_auroc = zero_learning_auroc(root)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchmetrics.functional.classification import binary_auroc
+
+CATEGORY = "texture"
+DEFECT_KINDS = ("rotated", "period", "blur", "warp", "bright", "dark")
+PERIOD_FRACTION = 1 / 6  # stripe period as a fraction of the image side
+AMPLITUDE = 0.22
+NOISE = 0.015
+
+
+def _stripes(
+    xx: np.ndarray, yy: np.ndarray, size: int, phase: float, angle: float, period_scale: float = 1.0
+) -> np.ndarray:
+    period = PERIOD_FRACTION * size * period_scale
+    along = xx * np.cos(angle) + yy * np.sin(angle)
+    return np.sin(2 * np.pi * along / period + phase)
+
+
+def normal_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A normal texture in [0, 1], ``(size, size)``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    phase = rng.uniform(0, 2 * np.pi)
+    image = 0.5 + AMPLITUDE * _stripes(xx, yy, size, phase, angle=np.pi / 6)
+    return np.clip(image + rng.normal(0.0, NOISE, image.shape), 0.25, 0.75)
+
+
+def defect_mask(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float, float, float]:
+    """An elliptical mask away from the border: ``(mask, cy, cx, radius)``."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(0.3 * size, 0.7 * size, size=2)
+    ry, rx = rng.uniform(0.12 * size, 0.18 * size, size=2)
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    return mask, cy, cx, max(ry, rx)
+
+
+def defective_image(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A normal texture with one in-range defect of ``kind``; ``(image in [0, 1], bool mask)``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    phase = rng.uniform(0, 2 * np.pi)
+    angle = np.pi / 6
+    image = 0.5 + AMPLITUDE * _stripes(xx, yy, size, phase, angle)
+    mask, cy, cx, radius = defect_mask(rng, size)
+    if kind == "rotated":
+        inside = 0.5 + AMPLITUDE * _stripes(xx, yy, size, phase, angle + np.pi / 2)
+    elif kind == "period":
+        inside = 0.5 + AMPLITUDE * _stripes(xx, yy, size, phase, angle, period_scale=0.4)
+    elif kind == "blur":
+        inside = 0.5 + 0.25 * AMPLITUDE * _stripes(xx, yy, size, phase, angle)
+    elif kind == "warp":
+        distance = np.hypot(yy - cy, xx - cx)
+        twist = 2.5 * np.clip(1 - distance / radius, 0, 1)
+        wy = cy + (yy - cy) * np.cos(twist) - (xx - cx) * np.sin(twist)
+        wx = cx + (yy - cy) * np.sin(twist) + (xx - cx) * np.cos(twist)
+        inside = 0.5 + AMPLITUDE * _stripes(wx, wy, size, phase, angle)
+    elif kind in {"bright", "dark"}:
+        level = 0.5 + (0.12 if kind == "bright" else -0.12)
+        inside = level + 0.4 * AMPLITUDE * _stripes(xx, yy, size, phase, angle)
+    else:
+        msg = f"Unknown defect kind {kind!r}: expected one of {DEFECT_KINDS}."
+        raise ValueError(msg)
+    image = np.where(mask, inside, image)
+    image = np.clip(image + rng.normal(0.0, NOISE, image.shape), 0.25, 0.75)
+    return image, mask
+
+
+def _save_gray(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(path)
+
+
+def make_behaviour_dataset(
+    root: str | Path,
+    n_train: int = 32,
+    n_test_good: int = 12,
+    n_test_defect: int = 12,
+    size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write the dataset in MVTec AD layout under ``root/texture``; return ``root``.
+
+    Defect kinds cycle through :data:`DEFECT_KINDS`, so 12 defective images hold two of each.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    category = root / CATEGORY
+    for index in range(n_train):
+        _save_gray(normal_image(rng, size), category / "train" / "good" / f"{index:03d}.png")
+    for index in range(n_test_good):
+        _save_gray(normal_image(rng, size), category / "test" / "good" / f"{index:03d}.png")
+    for index in range(n_test_defect):
+        kind = DEFECT_KINDS[index % len(DEFECT_KINDS)]
+        image, mask = defective_image(rng, size, kind)
+        _save_gray(image, category / "test" / kind / f"{index:03d}.png")
+        _save_gray(mask.astype(np.float64), category / "ground_truth" / kind / f"{index:03d}_mask.png")
+    return root
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.float64) / 255.0
+
+
+def zero_learning_auroc(root: str | Path) -> tuple[float, float]:
+    """Image and pixel AUROC of the squared distance to the mean training image (score: the map's max)."""
+    category = Path(root) / CATEGORY
+    mean = np.mean([_read(path) for path in sorted((category / "train" / "good").glob("*.png"))], axis=0)
+    scores, labels, maps, masks = [], [], [], []
+    for path in sorted((category / "test").glob("*/*.png")):
+        anomaly_map = (_read(path) - mean) ** 2
+        kind = path.parent.name
+        mask = (
+            np.zeros_like(anomaly_map)
+            if kind == "good"
+            else _read(category / "ground_truth" / kind / f"{path.stem}_mask.png")
+        )
+        scores.append(anomaly_map.max())
+        labels.append(int(kind != "good"))
+        maps.append(anomaly_map.ravel())
+        masks.append(mask.ravel() > 0.5)
+    image = binary_auroc(torch.tensor(scores), torch.tensor(labels)).item()
+    pixel = binary_auroc(torch.tensor(np.concatenate(maps)), torch.tensor(np.concatenate(masks)).long()).item()
+    return image, pixel
