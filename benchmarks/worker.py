@@ -6,8 +6,8 @@ holds everything needed (model, data, profile settings, output paths); the worke
 result record (JSON) and, on failure, the traceback next to it.
 
 Steps, each timed or measured: build the datamodule and model, train with anomalib's Engine,
-test with an Evaluator of image AUROC, pixel AUROC, AUPRO (FPR limit 0.3, the papers' PRO) and
-image F1, save the checkpoint, measure torch eager latency, store heat maps of fixed test
+test with the package's evaluator (:func:`anomalib_ext.models.defaults.default_evaluator`), save the
+checkpoint, measure torch eager latency, store heat maps of fixed test
 images, export to OpenVINO and measure its latency at each precision. A failure after training
 keeps the numbers measured so far (``export_error`` for the export steps).
 """
@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from anomalib_ext.models.defaults import RANKING_METRICS, THRESHOLDED_METRICS, default_evaluator
+
 logger = logging.getLogger("benchmarks.worker")
 
-METRIC_NAMES = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score")
+METRIC_NAMES = (*RANKING_METRICS, *THRESHOLDED_METRICS)
 
 
 def _import(class_path: str) -> Any:
@@ -56,20 +58,6 @@ def _accepts(cls: type, name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def make_evaluator() -> Any:
-    """The anomalib Evaluator with the benchmark's test metrics (names as in the result record)."""
-    from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
-
-    return Evaluator(
-        test_metrics=[
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-        ],
-    )
-
-
 def build_model(job: dict[str, Any]) -> Any:
     """The model of ``job`` with the benchmark's evaluator, no visualizer and the profile's input size."""
     from benchmarks.profiles import offline_backbones
@@ -77,7 +65,7 @@ def build_model(job: dict[str, Any]) -> Any:
     cls = _import(job["model"]["class_path"])
     kwargs = instantiate(job["model"]["init_args"])
     if _accepts(cls, "evaluator"):
-        kwargs["evaluator"] = make_evaluator()
+        kwargs["evaluator"] = default_evaluator()
     if _accepts(cls, "visualizer"):
         kwargs.setdefault("visualizer", False)
     image_size = job["image_size"]
