@@ -128,3 +128,40 @@ def test_pre_processor_with_normalize_is_rejected() -> None:
 def test_missing_input_size_is_an_error() -> None:
     with pytest.raises(ValueError, match="input size"):
         _tiny_model(pre_processor=False)
+
+
+def test_training_step_encodes_each_intact_image_once_and_keeps_the_uncached_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The target side (intact image through the frozen backbones) is the same in every epoch: it is
+    # computed once per training image; the damaged side is recomputed at every step.
+    model = _tiny_model(damage_seed=3)
+    extractor = model.model.feature_extractor
+    target_calls: list[int] = []
+    input_calls: list[int] = []
+    target_features, input_features = extractor.target_features, extractor.input_features
+    monkeypatch.setattr(extractor, "target_features", lambda x: target_calls.append(len(x)) or target_features(x))
+    monkeypatch.setattr(extractor, "input_features", lambda x: input_calls.append(len(x)) or input_features(x))
+    model.log = lambda *args, **kwargs: None  # no trainer attached
+    images = torch.rand(3, 3, 64, 64)
+    batch = SimpleNamespace(image=images, image_path=["a.png", "b.png", "c.png"])
+    model.on_fit_start()
+    model.train()
+    losses = [float(model.training_step(batch)["loss"]) for _ in range(3)]
+    assert target_calls == [3]
+    assert input_calls == [3, 3, 3]
+
+    model.on_fit_start()  # same damage draws again, now without the cache
+    reference = []
+    for _ in range(3):
+        damaged, _ = model.damage(images, generator=model.damage_generator)
+        reference.append(float(model.loss(*model.model(images, damaged))))
+    assert losses == pytest.approx(reference, rel=1e-6)
+    model.on_train_end()
+    assert len(model.target_cache) == 0
+
+
+def test_default_post_processor_keeps_score_order() -> None:
+    from anomalib_ext.post_processing import OrderPreservingPostProcessor
+
+    assert isinstance(_tiny_model(post_processor=True).post_processor, OrderPreservingPostProcessor)

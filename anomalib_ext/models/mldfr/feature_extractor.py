@@ -255,6 +255,52 @@ class MultilevelFeatureExtractor(nn.Module):
             intermediates_only=True,
         )
 
+    def _deep_pair(self, last: torch.Tensor, input_side: bool, target_side: bool) -> list[torch.Tensor]:
+        """The deep branch's input-side and/or target-side maps on the grid, from the last CNN tap."""
+        assert self.deep_stage is not None
+        blocks = list(self.deep_stage.children())
+        shallow = last
+        for block in blocks[: self.deep_input_blocks]:
+            shallow = block(shallow)
+        outputs = [self._to_grid(shallow)] if input_side else []
+        if target_side:
+            deep = shallow
+            for block in blocks[self.deep_input_blocks :]:
+                deep = block(deep)
+            outputs.append(self._to_grid(deep))
+        return outputs
+
+    @torch.no_grad()
+    def input_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Input-side fused features ``(B, C, h, w)`` only (the damaged image's side in training).
+
+        Stops at the input-side deep tap: the target-side blocks are not computed.
+        """
+        self.eval()
+        parts: list[torch.Tensor] = []
+        if self.cnn is not None:
+            low, last = self._cnn_features(images)
+            parts.append(low)
+            if self.deep_stage is not None:
+                parts.extend(self._deep_pair(last, input_side=True, target_side=False))
+        if self.vit is not None:
+            parts.extend(self._vit_features(images, [self.vit_input_index]))
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Target-side fused features ``(B, C, h, w)`` only (the intact image's side in training)."""
+        self.eval()
+        parts: list[torch.Tensor] = []
+        if self.cnn is not None:
+            low, last = self._cnn_features(images)
+            parts.append(low)
+            if self.deep_stage is not None:
+                parts.extend(self._deep_pair(last, input_side=False, target_side=True))
+        if self.vit is not None:
+            parts.extend(self._vit_features(images, [self.vit_target_index]))
+        return torch.cat(parts, dim=1)
+
     @torch.no_grad()
     def forward(
         self,
@@ -270,34 +316,25 @@ class MultilevelFeatureExtractor(nn.Module):
         Returns:
             ``(F_in, F_tgt)``: input side from ``damaged`` (or ``images``), target side from ``images``.
         """
+        if damaged is not None:
+            return self.input_features(damaged), self.target_features(images)
         self.eval()
-        batch = images.shape[0]
         inputs: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         if self.cnn is not None:
-            both = images if damaged is None else torch.cat([images, damaged])
-            low, last = self._cnn_features(both)
-            inputs.append(low if damaged is None else low[batch:])
-            targets.append(low[:batch])
+            low, last = self._cnn_features(images)
+            inputs.append(low)
+            targets.append(low)
             if self.deep_stage is not None:
-                blocks = list(self.deep_stage.children())
-                shallow = last
-                for block in blocks[: self.deep_input_blocks]:
-                    shallow = block(shallow)
-                deep = shallow[:batch]
-                for block in blocks[self.deep_input_blocks :]:
-                    deep = block(deep)
-                inputs.append(self._to_grid(shallow if damaged is None else shallow[batch:]))
-                targets.append(self._to_grid(deep))
+                shallow, deep = self._deep_pair(last, input_side=True, target_side=True)
+                inputs.append(shallow)
+                targets.append(deep)
         if self.vit is not None:
-            if damaged is None and self.vit_input_index == self.vit_target_index:
+            if self.vit_input_index == self.vit_target_index:
                 (shallow,) = self._vit_features(images, [self.vit_input_index])
                 deep = shallow
-            elif damaged is None:
-                shallow, deep = self._vit_features(images, [self.vit_input_index, self.vit_target_index])
             else:
-                (deep,) = self._vit_features(images, [self.vit_target_index])
-                (shallow,) = self._vit_features(damaged, [self.vit_input_index])
+                shallow, deep = self._vit_features(images, [self.vit_input_index, self.vit_target_index])
             inputs.append(shallow)
             targets.append(deep)
         return torch.cat(inputs, dim=1), torch.cat(targets, dim=1)

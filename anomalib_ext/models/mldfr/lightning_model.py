@@ -48,9 +48,11 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Resize
 
 from anomalib_ext.augment import RandomPatchDamage, rank_generator
+from anomalib_ext.models.components import FrozenFeatureCache
 from anomalib_ext.models.defaults import pro_evaluator, reject_normalize
 from anomalib_ext.models.mldfr.loss import MLDFRLoss
 from anomalib_ext.models.mldfr.torch_model import MLDFRModel
+from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +266,9 @@ class MLDFR(AnomalibModule):
         )
         self.damage_seed = damage_seed
         self.damage_generator: torch.Generator | None = None
+        # The intact image's target-side features come from frozen backbones: computed once per
+        # training image (keyed by path, checked against the pixels; off by itself under augmentations).
+        self.target_cache = FrozenFeatureCache()
         self.lr = lr
         self.betas = tuple(betas)
         self.weight_decay = weight_decay
@@ -310,6 +315,11 @@ class MLDFR(AnomalibModule):
         return cls._resize_pre_processor(tuple(image_size or PAPER_IMAGE_SIZE))
 
     @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """The order-preserving post-processor: metrics see no clamping ties (anomalib_ext.post_processing)."""
+        return OrderPreservingPostProcessor()
+
+    @staticmethod
     def configure_evaluator() -> Evaluator:
         """Default anomalib metrics plus the papers' PRO (``AUPRO`` up to FPR 0.3)."""
         return pro_evaluator(fpr_limit=0.3)
@@ -335,6 +345,10 @@ class MLDFR(AnomalibModule):
         """Create the damage generator, seeded differently on every DDP rank (T20)."""
         self.damage_generator = rank_generator(self.damage_seed, self.global_rank, self.device)
 
+    def on_train_end(self) -> None:
+        """Give back the memory of the target-feature cache."""
+        self.target_cache.clear()
+
     def on_train_epoch_start(self) -> None:
         """Re-apply the frozen backbones' eval mode (Lightning restores module modes after validation)."""
         self.model.feature_extractor.eval()
@@ -343,7 +357,11 @@ class MLDFR(AnomalibModule):
         """Damage the batch in pixel space, restore its features, return the loss."""
         del args, kwargs  # These variables are not used.
         damaged, _ = self.damage(batch.image, generator=self.damage_generator)
-        restored, target = self.model(batch.image, damaged)
+        # only the damaged side changes from epoch to epoch; the intact side is encoded once per image
+        (targets,) = self.target_cache(
+            lambda images: [self.model.target_features(images)], batch.image, getattr(batch, "image_path", None)
+        )
+        restored, target = self.model(batch.image, damaged, targets=targets)
         loss = self.loss(restored, target)
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, sync_dist=True)
         return {"loss": loss}

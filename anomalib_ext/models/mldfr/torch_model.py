@@ -178,16 +178,23 @@ class MLDFRModel(nn.Module):
         count = max(1, int(self.score_topk * self.input_size[0] * self.input_size[1]))
         return anomaly_map.flatten(2).topk(count, dim=2).values.mean(dim=2)
 
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Target-side features ``(B, C, h, w)`` of intact ``images`` in [0, 1] (frozen: cacheable per image)."""
+        return self._normalise_features(self.feature_extractor.target_features(self._prepare(images)))
+
     def forward(
         self,
         images: torch.Tensor,
         damaged: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | InferenceBatch:
         """Training: ``(restored, target)`` features; eval: ``InferenceBatch(pred_score, anomaly_map)``.
 
         Args:
             images: Intact (training) or test images ``(B, 3, H, W)`` in [0, 1].
             damaged: Damaged copies of ``images`` in [0, 1] (training only).
+            targets: Training only: the target-side features of ``images`` when already known
+                (:meth:`target_features`, e.g. from a cache); ``None`` computes them.
 
         Returns:
             In training mode, the restored input-side features of ``damaged`` and the target-side
@@ -198,8 +205,9 @@ class MLDFRModel(nn.Module):
             if damaged is None:
                 msg = "MLDFRModel needs the damaged images in training mode."
                 raise ValueError(msg)
-            inputs, targets = self.feature_extractor(self._prepare(images), self._prepare(damaged))
-            inputs, targets = self._normalise_features(inputs), self._normalise_features(targets)
+            inputs = self._normalise_features(self.feature_extractor.input_features(self._prepare(damaged)))
+            if targets is None:
+                targets = self.target_features(images)
             return self.restorer(inputs), targets
 
         inputs, targets = self.feature_extractor(self._prepare(images))
