@@ -6,15 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anomalib.data
 import pytest
+from anomalib.data import get_datamodule
 from anomalib.models import get_model
 from anomalib.models.components import AnomalibModule
 
 import anomalib_ext
-from anomalib_ext.registry import registered_datamodules, registered_models
+from anomalib_ext.registry import register_datamodules, register_model_names, registered_datamodules, registered_models
 
 EXPECTED_MODELS = {"FMGRD", "MLDFR", "N2N", "RBAE", "SMCC"}
-EXPECTED_DATAMODULES = {"BTAD", "DAGM", "DemoTextures"}
+EXPECTED_DATAMODULES = {"BTAD", "DAGM", "DemoTextures", "ELPV"}
 
 
 def _light_args(name: str) -> dict[str, bool]:
@@ -88,3 +90,74 @@ def test_cli_resolves_the_model_by_short_and_full_name(name: str, model: str, tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"class_path: anomalib_ext.models.{name}" in result.stdout
     assert "class_path: anomalib_ext.data.DemoTextures" in result.stdout
+
+
+# Minimal constructor arguments of each datamodule (nothing is read until setup).
+DATAMODULE_ARGS = {
+    "BTAD": {"root": "./datasets/BTech", "category": "01"},
+    "DAGM": {"root": "./datasets/DAGM", "category": "Class3"},
+    "DemoTextures": {"root": "./datasets/demo_textures", "category": "grass"},
+    "ELPV": {"category": "poly"},
+}
+
+
+def test_every_datamodule_has_constructor_arguments_here() -> None:
+    assert set(DATAMODULE_ARGS) == set(registered_datamodules())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_DATAMODULES))
+@pytest.mark.parametrize("form", ["short", "package", "module"])
+def test_get_datamodule_resolves_short_names_and_class_paths(name: str, form: str) -> None:
+    cls = registered_datamodules()[name]
+    class_path = {"short": name, "package": f"anomalib_ext.data.{name}", "module": f"{cls.__module__}.{name}"}[form]
+    datamodule = get_datamodule({"data": {"class_path": class_path, "init_args": DATAMODULE_ARGS[name]}})
+    assert type(datamodule) is cls
+    assert datamodule.category == DATAMODULE_ARGS[name]["category"]
+
+
+def test_get_datamodule_works_after_the_cli_start_up_hook_alone() -> None:
+    code = (
+        "import anomalib.cli\n"  # the .pth hook imports anomalib_ext here, nothing else does
+        "from anomalib.data import get_datamodule\n"
+        "dm = get_datamodule({'class_path': 'anomalib_ext.data.DAGM', 'init_args': {'category': 'Class2'}})\n"
+        "print(type(dm).__module__, dm.category)"
+    )
+    assert _python(code) == "anomalib_ext.data.dagm Class2"
+
+
+def test_anomalib_datamodules_keep_their_names() -> None:
+    from anomalib.data.datamodules.image.mvtecad import MVTecAD
+
+    assert anomalib.data.MVTecAD is MVTecAD
+    assert type(get_datamodule({"class_path": "MVTecAD", "init_args": {"category": "bottle"}})) is MVTecAD
+
+
+def test_a_name_anomalib_already_uses_is_left_to_anomalib_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    class AnomalibsOwnDAGM:  # stands for a DAGM datamodule a later anomalib might ship
+        pass
+
+    monkeypatch.setattr(anomalib.data, "DAGM", AnomalibsOwnDAGM)
+    with pytest.warns(RuntimeWarning, match=r"anomalib.data already defines DAGM .*DAGM is not added"):
+        added = register_datamodules()
+    assert "DAGM" not in added
+    assert anomalib.data.DAGM is AnomalibsOwnDAGM
+    assert {"BTAD", "DemoTextures", "ELPV"} <= set(added)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_get_model_resolves_the_bare_class_name_as_pipeline_configs_write_it(name: str) -> None:
+    model = get_model({"class_path": name, "init_args": _light_args(name)})
+    assert type(model) is registered_models()[name]
+
+
+def test_a_model_name_anomalib_already_uses_is_left_to_anomalib(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomalib.models
+
+    class AnomalibsOwnSMCC:
+        pass
+
+    monkeypatch.setattr(anomalib.models, "SMCC", AnomalibsOwnSMCC)
+    with pytest.warns(RuntimeWarning, match="anomalib.models already defines SMCC"):
+        added = register_model_names()
+    assert "SMCC" not in added
+    assert anomalib.models.SMCC is AnomalibsOwnSMCC
