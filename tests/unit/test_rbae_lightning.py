@@ -33,15 +33,31 @@ def test_config_keys_equal_constructor_args(config: str) -> None:
     assert data["model"]["class_path"] == "anomalib_ext.models.RBAE"
     init_args = data["model"]["init_args"]
     assert set(init_args) == _constructor_args()
-    assert data["trainer"]["max_epochs"] == init_args["phase1_epochs"] + init_args["phase2_epochs"]
+    # the phases split the trainer's schedule (phase1_fraction), so no second epoch count to keep in step
+    assert init_args["phase1_epochs"] is None
+    assert init_args["phase2_epochs"] is None
+
+
+# keys where the paper config differs from the constructor defaults on purpose
+PAPER_CONFIG_OVERRIDES = {"texture_source": "folder"}  # the paper's textures are natural images: ask for a folder
 
 
 def test_paper_config_values_equal_the_defaults() -> None:
     init_args = yaml.safe_load((REPO / "configs" / "model" / "rbae.yaml").read_text())["model"]["init_args"]
     defaults = {n: p.default for n, p in inspect.signature(RBAE.__init__).parameters.items() if n not in COMPONENT_ARGS}
+    defaults.update(PAPER_CONFIG_OVERRIDES)
     for name, value in init_args.items():
         default = list(defaults[name]) if isinstance(defaults[name], tuple) else defaults[name]
-        assert value == default, name
+        assert value == pytest.approx(default) if isinstance(value, float) else value == default, name
+
+
+def test_paper_config_asks_for_a_texture_folder() -> None:
+    """The paper pastes natural images: without ``anomaly_source_path`` the paper config must not start."""
+    init_args = yaml.safe_load((REPO / "configs" / "model" / "rbae.yaml").read_text())["model"]["init_args"]
+    assert init_args["anomaly_source_path"] is None
+    with pytest.raises(ValueError, match="anomaly_source_path") as error:
+        RBAE(**{**init_args, **TINY})
+    assert "DTD" in str(error.value)
 
 
 def test_paper_defaults() -> None:
@@ -55,7 +71,9 @@ def test_paper_defaults() -> None:
     assert (defaults["w_rec_2"], defaults["w_per_2"], defaults["w_fea_rep_2"], defaults["w_seg_2"]) == (100, 1, 1, 1)
     assert defaults["lr"] == 1e-4
     assert defaults["weight_decay"] == 1e-5
-    assert (defaults["phase1_epochs"], defaults["phase2_epochs"]) == (400, 200)
+    assert defaults["phase1_fraction"] == pytest.approx(400 / 600)
+    trainer = yaml.safe_load((REPO / "configs" / "model" / "rbae.yaml").read_text())["trainer"]
+    assert trainer["max_epochs"] == 600
     assert defaults["perceptual_backbone"] == "vgg16.tv_in1k"
     assert defaults["perceptual_layers"] == (1, 3, 6, 8, 11)
     model = RBAE(**TINY)

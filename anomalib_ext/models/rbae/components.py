@@ -96,34 +96,59 @@ def unpatchify(patches: Tensor, channels: int, height: int, width: int, k: int) 
 
 
 class RBFRM(nn.Module):
-    """Reference-based feature repair module (parameter-free), Eqs. 3-5.
+    """Reference-based feature repair module, Eqs. 3-5.
 
     Every ``k x k`` patch of the input features is replaced by the softmax(cosine similarity)-
     weighted sum of the raw patches of the reference features.
 
+    The softmax temperature decides whether the repair can *select*. The features are ReLU outputs,
+    so cosine similarities lie in [0, 1]; with the paper's Eq. 4 taken literally (scale 1) no
+    reference patch gets more than ``e / (e + N - 1)`` of the weight (0.27 % for the N = 1024
+    patches of level 3 at 256 px) and every repair is close to the mean reference patch, whatever
+    the input. Contextual attention, which the paper cites for RBAM, multiplies the similarities by
+    10; the scale can also be learned (``learn_scale``), starting from ``softmax_scale``.
+
     Args:
         patch_size: K (2 or 4 in the paper).
-        softmax_scale: A6: temperature multiplying the cosine similarities (paper: 1).
+        softmax_scale: A6: temperature multiplying the cosine similarities (paper Eq. 4: 1;
+            contextual attention: 10). With ``learn_scale`` the initial value.
         eps: A7: epsilon of the L2 normalisation (zero patches give zero similarity).
+        learn_scale: A6: learn the temperature (a positive parameter, stored as its logarithm).
     """
 
-    def __init__(self, patch_size: int, softmax_scale: float = 1.0, eps: float = 1e-12) -> None:
+    def __init__(
+        self, patch_size: int, softmax_scale: float = 1.0, eps: float = 1e-12, learn_scale: bool = False
+    ) -> None:
         super().__init__()
+        if softmax_scale <= 0:
+            msg = f"rbfrm_softmax_scale must be > 0, got {softmax_scale}."
+            raise ValueError(msg)
         self.patch_size = patch_size
-        self.softmax_scale = softmax_scale
         self.eps = eps
+        log_scale = torch.tensor(float(softmax_scale)).log()
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale, persistent=False)
+
+    @property
+    def softmax_scale(self) -> Tensor:
+        """The temperature multiplying the cosine similarities (a 0-d tensor)."""
+        return self.log_scale.exp()
+
+    def attention(self, features: Tensor, reference: Tensor) -> Tensor:
+        """Eq. 4: weights ``(B, N, M)`` of the M reference patches for each of the N input patches."""
+        k = self.patch_size
+        queries = F.normalize(patchify(features, k), dim=-1, eps=self.eps)  # (B, N, D)
+        keys = F.normalize(patchify(reference, k), dim=-1, eps=self.eps)  # (1, M, D)
+        similarity = queries @ keys.transpose(1, 2)  # Eq. 3
+        return torch.softmax(self.softmax_scale * similarity, dim=-1)  # Eq. 4
 
     def forward(self, features: Tensor, reference: Tensor) -> Tensor:
         """Repair ``features`` (B, C, H, W) with ``reference`` (1, C, H', W'); returns (B, C, H, W)."""
         _, c, h, w = features.shape
-        k = self.patch_size
-        queries = patchify(features, k)  # (B, N, D)
-        keys = patchify(reference, k)  # (1, M, D)
-        similarity = F.normalize(queries, dim=-1, eps=self.eps) @ F.normalize(keys, dim=-1, eps=self.eps).transpose(
-            1, 2
-        )  # Eq. 3
-        attention = torch.softmax(self.softmax_scale * similarity, dim=-1)  # Eq. 4
-        return unpatchify(attention @ keys, c, h, w, k)  # Eq. 5
+        patches = patchify(reference, self.patch_size)
+        return unpatchify(self.attention(features, reference) @ patches, c, h, w, self.patch_size)  # Eq. 5
 
 
 class FFM(nn.Module):
@@ -178,6 +203,7 @@ class RBAM(nn.Module):
         kernel_size: FFM kernel m (paper: 5).
         squeeze_norm: A8: BN + ReLU after the FFM squeeze.
         eps: A7: normalisation epsilon.
+        learn_scale: A6: learn the RBFRM temperatures (one per patch size).
     """
 
     def __init__(
@@ -189,9 +215,10 @@ class RBAM(nn.Module):
         kernel_size: int = 5,
         squeeze_norm: bool = True,
         eps: float = 1e-12,
+        learn_scale: bool = False,
     ) -> None:
         super().__init__()
-        self.repair = nn.ModuleList(RBFRM(k, softmax_scale, eps) for k in patch_sizes)
+        self.repair = nn.ModuleList(RBFRM(k, softmax_scale, eps, learn_scale) for k in patch_sizes)
         self.ffm = FFM(channels, mid_channels, kernel_size, len(patch_sizes) + 1, squeeze_norm)
 
     def forward(self, features: Tensor, reference: Tensor) -> Tensor:

@@ -5,22 +5,23 @@ Paper: "Reference-Based Autoencoder for Surface Defect Detection" (W. Luo, H. Ya
 RB-AE reconstructs textured surfaces with an autoencoder trained from scratch on normal images
 with Perlin-shaped foreign-texture defects. Training has two phases in one ``fit``:
 
-1. epochs ``[0, phase1_epochs)``: encoder + decoder learn to reconstruct, and a pixel-level
-   discrimination loss makes the encoder's feature residual follow the defect mask (Eq. 14);
-2. epochs ``[phase1_epochs, phase1_epochs + phase2_epochs)``: the encoder is frozen, the
-   reference image (one defect-free training image) is encoded into persistent buffers, and the
-   RBAMs, decoder and MSFDM learn to repair defective features from the reference and to segment
-   the defects (Eq. 17).
+1. the first ``phase1_fraction`` of the trainer's optimiser steps (paper: 400 of 600 epochs):
+   encoder + decoder learn to reconstruct, and a pixel-level discrimination loss makes the
+   encoder's feature residual follow the defect mask (Eq. 14);
+2. the rest: the encoder is frozen, the reference image (one defect-free training image, taken
+   from the training batches) is encoded into persistent buffers, and the RBAMs, decoder and MSFDM
+   learn to repair defective features from the reference and to segment the defects (Eq. 17).
 
-Set the trainer's ``max_epochs`` to ``phase1_epochs + phase2_epochs`` (the configs do).
+The phases follow the trainer's own schedule (``trainer.estimated_stepping_batches``, from
+``max_epochs`` or ``max_steps``), so a shorter or longer run still ends after both phases.
 
 Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from anomalib_ext.models import RBAE
-    >>> model = RBAE(phase1_epochs=400, phase2_epochs=200)  # doctest: +SKIP
-    >>> engine = Engine(max_epochs=600)  # doctest: +SKIP
-    >>> engine.fit(model, datamodule=MVTecAD(category="carpet", train_batch_size=8))  # doctest: +SKIP
+    >>> model = RBAE(anomaly_source_path="datasets/dtd/images")  # doctest: +SKIP
+    >>> engine = Engine(max_epochs=600)  # phase 1: epochs 0-399, phase 2: 400-599  # doctest: +SKIP
+    >>> engine.fit(model=model, datamodule=MVTecAD(category="carpet", train_batch_size=8))  # doctest: +SKIP
 
 See Also:
     - :class:`anomalib_ext.models.rbae.torch_model.RbaeModel`: the network.
@@ -30,15 +31,15 @@ See Also:
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.data.utils import read_image
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -53,10 +54,13 @@ from anomalib_ext.models.defaults import pro_evaluator, reject_normalize
 from anomalib_ext.models.rbae.components import PerceptualNetwork
 from anomalib_ext.models.rbae.loss import RbaeLoss
 from anomalib_ext.models.rbae.torch_model import RbaeModel
+from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RBAE"]
+
+LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning runs when neither max_epochs nor max_steps is set
 
 
 def _only(name: str, value: Any, supported: Any) -> None:
@@ -70,9 +74,14 @@ class RBAE(AnomalibModule):
     """RB-AE Lightning module: two training phases, reference buffers, MSFDM anomaly map.
 
     Args:
-        phase1_epochs: epochs of phase 1, encoder + decoder (paper: 400).
-        phase2_epochs: epochs of phase 2, RBAM + decoder + MSFDM with the encoder frozen (paper:
-            200). Set ``trainer.max_epochs = phase1_epochs + phase2_epochs``.
+        phase1_fraction: share of the trainer's optimiser steps spent in phase 1 (encoder +
+            decoder); the rest is phase 2 (RBAM + decoder + MSFDM, encoder frozen). Paper: 400 of
+            600 epochs, 2/3. The step count comes from ``trainer.estimated_stepping_batches``
+            (``max_epochs`` or ``max_steps``); a trainer without a finite schedule is refused.
+        phase1_epochs: paper-literal alternative: epochs of phase 1 (paper: 400). Set together with
+            ``phase2_epochs``; the trainer must then run exactly ``phase1_epochs + phase2_epochs``
+            epochs, else training stops at start with an error.
+        phase2_epochs: epochs of phase 2 with ``phase1_epochs`` (paper: 200).
         lr: Adam learning rate (paper: 1e-4).
         weight_decay: Adam (coupled L2) weight decay (paper: 1e-5).
         input_size: image size ``(H, W)`` of the resize-only pre-processor and of the reference
@@ -82,7 +91,10 @@ class RBAE(AnomalibModule):
         encoder_block: A1: encoder level design (only ``"double_conv"``).
         norm_layer: A1: normalisation of the conv blocks (only ``"batch"``).
         rbfrm_patch_sizes: RBFRM patch sizes K (paper: 2 and 4).
-        rbfrm_softmax_scale: A6: softmax temperature of the RBFRM similarities (paper Eq. 4: 1).
+        rbfrm_softmax_scale: A6: softmax temperature of the RBFRM similarities. Paper Eq. 4: 1,
+            with which no reference patch gets more than ``e / (e + N - 1)`` of the weight (the
+            repair is the mean reference patch); contextual attention, cited by the paper: 10.
+        rbfrm_learn_scale: A6: learn the RBFRM temperatures, starting from ``rbfrm_softmax_scale``.
         rbfrm_eps: A7: epsilon of the cosine-similarity normalisation.
         ffm_mid_channels: FFM squeeze channels (paper: 64).
         ffm_kernel_size: FFM kernel m (paper: 5).
@@ -98,8 +110,9 @@ class RBAE(AnomalibModule):
         image_score_pool_size: A11: average-pool size before the max (0: none).
         anomaly_map_sigma: A12: Gaussian smoothing of the map (0: none).
         anomaly_source_path: A14: folder of natural images for the defect textures (paper:
-            ImageNet). ``None``: cut-paste from other images of the batch (``texture_source``).
-        texture_source: A14: ``"auto"``, ``"folder"``, ``"batch"`` or ``"noise"`` (see
+            ImageNet; DRAEM: DTD). ``None``: anomalib's Perlin-noise textures (``texture_source``).
+        texture_source: A14: ``"auto"`` (the folder if given, else ``"noise"``), ``"folder"``
+            (``anomaly_source_path`` required, the paper config), ``"batch"`` or ``"noise"`` (see
             :class:`~anomalib_ext.augment.PerlinTextureAnomaly`).
         augment_anomaly_source: A14: 3 random DRAEM ops on every texture.
         perlin_rotation_range: A13: rotation range of the Perlin noise in degrees.
@@ -125,9 +138,11 @@ class RBAE(AnomalibModule):
         detach_rec_for_seg: A25: stop ``L_seg`` gradients at the reconstruction.
         freeze_encoder_bn: A26: keep the encoder in eval (frozen BN statistics) in phase 2.
         reset_optimizer_between_phases: A27: a fresh Adam for phase 2 (else one Adam for all).
-        reference_selection: A28: ``"index"`` (training sample ``reference_index`` after sorting
-            by path) or ``"random"`` (drawn with ``reference_seed``, same on every rank).
-        reference_index: A28: index of the reference image.
+        reference_selection: A28: ``"index"`` (the training image ``reference_index`` in path
+            order) or ``"random"`` (path order after hashing with ``reference_seed``). Chosen among
+            the images of the training batches seen before phase 2 (all of them once phase 1 lasts
+            an epoch), before any synthetic defect; rank 0's choice under DDP.
+        reference_index: A28: index of the reference image in that order.
         reference_seed: A28: seed of ``"random"`` selection.
         lr_scheduler: A30: learning-rate schedule (only ``None``).
         aupro_fpr_limit: A31: FPR limit of the AUPRO (PRO) metric.
@@ -149,8 +164,9 @@ class RBAE(AnomalibModule):
 
     def __init__(
         self,
-        phase1_epochs: int = 400,
-        phase2_epochs: int = 200,
+        phase1_fraction: float = 2 / 3,
+        phase1_epochs: int | None = None,
+        phase2_epochs: int | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
         input_size: Sequence[int] = (256, 256),
@@ -159,7 +175,8 @@ class RBAE(AnomalibModule):
         encoder_block: str = "double_conv",
         norm_layer: str = "batch",
         rbfrm_patch_sizes: Sequence[int] = (2, 4),
-        rbfrm_softmax_scale: float = 1.0,
+        rbfrm_softmax_scale: float = 10.0,
+        rbfrm_learn_scale: bool = False,
         rbfrm_eps: float = 1e-12,
         ffm_mid_channels: int = 64,
         ffm_kernel_size: int = 5,
@@ -235,8 +252,22 @@ class RBAE(AnomalibModule):
         if reference_selection not in {"index", "random"}:
             msg = f"reference_selection must be 'index' or 'random', got {reference_selection!r}."
             raise ValueError(msg)
-        if phase1_epochs < 0 or phase2_epochs < 1:
-            msg = f"Need phase1_epochs >= 0 and phase2_epochs >= 1, got {phase1_epochs}, {phase2_epochs}."
+        if not 0 < phase1_fraction < 1:
+            msg = f"phase1_fraction must be in (0, 1) (share of the optimiser steps in phase 1), got {phase1_fraction}."
+            raise ValueError(msg)
+        if (phase1_epochs is None) != (phase2_epochs is None):
+            msg = f"Set both phase1_epochs and phase2_epochs or neither, got {phase1_epochs} and {phase2_epochs}."
+            raise ValueError(msg)
+        if phase1_epochs is not None and (phase1_epochs < 1 or phase2_epochs < 1):
+            msg = f"Need phase1_epochs >= 1 and phase2_epochs >= 1, got {phase1_epochs}, {phase2_epochs}."
+            raise ValueError(msg)
+        if texture_source == "folder" and anomaly_source_path is None:
+            msg = (
+                "texture_source='folder' needs anomaly_source_path, a folder of natural images for the synthetic "
+                "defects (the paper uses ImageNet images; DRAEM's DTD, https://www.robots.ox.ac.uk/~vgg/data/dtd/, "
+                "works too): pass --model.anomaly_source_path /path/to/dtd/images, or texture_source='noise' for "
+                "anomalib's Perlin-noise textures (offline)."
+            )
             raise ValueError(msg)
         input_size = tuple(int(s) for s in input_size)
         if pre_processor is True:
@@ -256,6 +287,7 @@ class RBAE(AnomalibModule):
             encoder_strides=encoder_strides,
             rbfrm_patch_sizes=rbfrm_patch_sizes,
             rbfrm_softmax_scale=rbfrm_softmax_scale,
+            rbfrm_learn_scale=rbfrm_learn_scale,
             rbfrm_eps=rbfrm_eps,
             ffm_mid_channels=ffm_mid_channels,
             ffm_kernel_size=ffm_kernel_size,
@@ -296,12 +328,22 @@ class RBAE(AnomalibModule):
         self.augment_phase1 = PerlinTextureAnomaly(probability=anomaly_probability_phase1, **augment)
         self.augment_phase2 = PerlinTextureAnomaly(probability=anomaly_probability_phase2, **augment)
         self._generator: torch.Generator | None = None
+        self._phase1_steps: int | None = None
+        self._encoder_frozen = False
+        # A28: (order key, image) of the training images that come first in the reference order
+        self._reference_candidates: list[list[Any]] = []
+        self._images_seen = 0
 
     # ------------------------------------------------------------------ anomalib configuration
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize only: RB-AE works in [0, 1] pixel space, no ImageNet normalisation (A5, T11)."""
         return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+
+    @classmethod
+    def configure_post_processor(cls) -> PostProcessor:
+        """The order-preserving post-processor: no clamp, so metrics see no ties among high scores."""
+        return OrderPreservingPostProcessor()
 
     @staticmethod
     def configure_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
@@ -331,28 +373,106 @@ class RBAE(AnomalibModule):
             torch.optim.Adam(phase2, lr=hp.lr, weight_decay=hp.weight_decay),
         ]
 
-    # ------------------------------------------------------------------ phases and reference
+    # ------------------------------------------------------------------ schedule
+    def phase_schedule(self) -> tuple[int, int]:
+        """``(phase1_steps, total_steps)``: optimiser steps of phase 1 and of the whole run.
+
+        From the attached trainer's schedule (``estimated_stepping_batches``: ``max_epochs`` x
+        batches per epoch, or ``max_steps`` if that comes first). With ``phase1_fraction`` any
+        finite schedule is split; with ``phase1_epochs``/``phase2_epochs`` the trainer must run
+        exactly their sum of epochs.
+
+        Raises:
+            ValueError: If the trainer has no finite schedule, if it is too short for two phases,
+                or if it does not match ``phase1_epochs + phase2_epochs``.
+        """
+        trainer = self.trainer
+        hp = self.hparams
+        total = trainer.estimated_stepping_batches
+        if hp.phase1_epochs is not None:
+            epochs = hp.phase1_epochs + hp.phase2_epochs
+            batches = trainer.num_training_batches
+            if trainer.max_epochs != epochs or not math.isfinite(batches):
+                msg = (
+                    f"RB-AE: phase1_epochs + phase2_epochs = {hp.phase1_epochs} + {hp.phase2_epochs} = {epochs}, but "
+                    f"the trainer runs max_epochs={trainer.max_epochs}. Set trainer.max_epochs={epochs}, or unset "
+                    "phase1_epochs/phase2_epochs to split any schedule by phase1_fraction."
+                )
+                raise ValueError(msg)
+            if total < epochs * batches:
+                msg = (
+                    f"RB-AE: trainer.max_steps={trainer.max_steps} stops training before the {epochs * batches} "
+                    f"optimiser steps of phase1_epochs + phase2_epochs = {epochs} epochs of {batches} batches. "
+                    "Remove max_steps, or unset phase1_epochs/phase2_epochs to split any schedule by phase1_fraction."
+                )
+                raise ValueError(msg)
+            return int(hp.phase1_epochs * batches), int(total)
+        if not math.isfinite(total):
+            msg = (
+                "RB-AE splits the trainer's optimiser steps into its two phases "
+                f"(phase1_fraction={hp.phase1_fraction}), "
+                f"but this trainer has no finite schedule (max_epochs={trainer.max_epochs}, "
+                f"max_steps={trainer.max_steps}): set trainer.max_epochs or trainer.max_steps."
+            )
+            raise ValueError(msg)
+        total = int(total)
+        phase1 = math.floor(hp.phase1_fraction * total + 0.5)
+        if not 1 <= phase1 < total:
+            msg = (
+                f"RB-AE: a schedule of {total} optimiser step(s) is too short for two phases "
+                f"(phase1_fraction={hp.phase1_fraction} gives {phase1} phase-1 steps): train longer."
+            )
+            raise ValueError(msg)
+        return phase1, total
+
     @property
     def phase(self) -> int:
-        """Training phase of the current epoch: 1 before ``phase1_epochs``, then 2."""
-        return 1 if self.current_epoch < self.hparams.phase1_epochs else 2
+        """Phase of the next optimiser step: 1 for the first ``phase1_steps`` steps, then 2.
+
+        Outside ``fit`` (no schedule yet): 2 once the reference is set, else 1.
+        """
+        if self._phase1_steps is None:
+            return 2 if bool(self.model.ref_ready) else 1
+        return 1 if self.global_step < self._phase1_steps else 2
 
     def on_train_start(self) -> None:
-        """Reject a normalising pre-processor (T11); seed the defect generator per rank."""
+        """Reject a normalising pre-processor (T11); seed the defect generator per rank; fix the phases."""
         reject_normalize(self.pre_processor, "RB-AE works in [0, 1] pixel space.")
         self._generator = rank_generator(int(self.hparams.seed), self.global_rank, self.device)
+        self._encoder_frozen = False
+        self._phase1_steps, total = self.phase_schedule()
+        trainer = self.trainer
+        if trainer.max_epochs == LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1:
+            logger.warning(
+                "RB-AE: the trainer runs %d epochs, Lightning's default when max_epochs is not set (the paper "
+                "trains 600 = 400 + 200). Set trainer.max_epochs if that is not what you want.",
+                LIGHTNING_DEFAULT_MAX_EPOCHS,
+            )
+        logger.info(
+            "RB-AE schedule: %d optimiser steps; phase 1 = steps [0, %d), phase 2 = steps [%d, %d).",
+            total,
+            self._phase1_steps,
+            self._phase1_steps,
+            total,
+        )
 
-    def on_train_epoch_start(self) -> None:
-        """Enter phase 2 once: build the reference buffers; keep the encoder frozen (A26, T8)."""
-        if self.phase == 2:
-            if not bool(self.model.ref_ready):
-                self.model.set_reference(self._reference_image())
-                # Under DDP each rank's BatchNorm statistics saw only its own batches, so the
-                # reference features differ slightly per rank: take rank 0's buffers everywhere.
-                self._buffers_from_rank0()
-                logger.info("RB-AE: phase 2 starts at epoch %d, reference buffers set.", self.current_epoch)
-            if self.hparams.freeze_encoder_bn:
-                self.model.encoder.eval()
+    def _enter_phase2(self) -> None:
+        """Phase 2 starts: set the reference buffers (once) and freeze the encoder (A26, T8).
+
+        The encoder leaves autograd (``requires_grad=False``) and its gradients are dropped before
+        every phase-2 step, so neither optimiser (nor a single one, A27) can move it and the stored
+        reference features stay those of the encoder that is used. Under DDP the reducer was built
+        with the encoder's parameters, so they keep ``requires_grad`` there (and receive zero
+        gradients from :meth:`_all_params_term`) and only the dropping applies.
+        """
+        if not bool(self.model.ref_ready):
+            self.model.set_reference(self._reference_image())
+            # Under DDP each rank's BatchNorm statistics saw only its own batches, so the
+            # reference features differ slightly per rank: take rank 0's buffers everywhere.
+            self._buffers_from_rank0()
+            logger.info("RB-AE: phase 2 starts at step %d, reference buffers set.", self.global_step)
+        self.model.freeze_encoder(requires_grad=self.trainer.world_size > 1)
+        self._encoder_frozen = True
 
     def _buffers_from_rank0(self) -> None:
         """Copy rank 0's network buffers (BN statistics, reference) to every rank (no-op in one process)."""
@@ -368,47 +488,79 @@ class RBAE(AnomalibModule):
         """Warn when training stopped before phase 2 (the model has no reference then, T9)."""
         if not bool(self.model.ref_ready):
             logger.warning(
-                "RB-AE training ended in phase 1 (epoch %d < phase1_epochs=%d): no reference image, the "
-                "RBAM/MSFDM are untrained. Set max_epochs = phase1_epochs + phase2_epochs.",
-                self.current_epoch,
-                self.hparams.phase1_epochs,
+                "RB-AE training ended in phase 1 (step %d, phase 2 would start at step %d): no reference image, "
+                "the RBAM/MSFDM are untrained. The run was stopped early (max_time, a callback or an interruption).",
+                self.global_step,
+                self._phase1_steps,
             )
 
-    def _training_samples(self) -> Any:
-        trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        dataset = getattr(datamodule, "train_data", None) if datamodule is not None else None
-        if dataset is None:
-            loader = trainer.train_dataloader
-            dataset = getattr(loader, "dataset", None)
-        samples = getattr(dataset, "samples", None)
-        if samples is None or len(samples) == 0:
-            msg = "RB-AE needs a training dataset with a `samples` table (image_path) to pick its reference image."
-            raise RuntimeError(msg)
-        return samples
+    # ------------------------------------------------------------------ reference image, A28
+    def _reference_key(self, path: str) -> str:
+        if self.hparams.reference_selection == "random":
+            return hashlib.sha256(f"{self.hparams.reference_seed}:{path}".encode()).hexdigest()
+        return path
+
+    def _observe_reference_candidates(self, batch: Batch) -> None:
+        """Keep the clean training images that come first in the reference order (A28).
+
+        The images are the batch as Lightning delivers it, after the pre-processor (resize only)
+        and before any synthetic defect. Images without a path are ordered by arrival.
+        """
+        images = batch.image
+        paths = getattr(batch, "image_path", None)
+        if paths is None or len(paths) != images.shape[0]:
+            paths = [f"#{self._images_seen + i:012d}" for i in range(images.shape[0])]
+        self._images_seen += images.shape[0]
+        keep = int(self.hparams.reference_index) + 1
+        candidates = self._reference_candidates
+        for path, image in zip(paths, images, strict=True):
+            key = self._reference_key(str(path))
+            if any(key == known for known, _ in candidates):
+                continue
+            if len(candidates) < keep or key < candidates[-1][0]:
+                candidates.append([key, image.detach().to("cpu", torch.float32).clone()])
+                candidates.sort(key=lambda item: item[0])
+                del candidates[keep:]
 
     def _reference_image(self) -> torch.Tensor:
-        """A28/T10: the resize-only pre-processed training image chosen as reference, (1, 3, H, W)."""
-        paths = sorted(str(p) for p in self._training_samples()["image_path"])
-        if self.hparams.reference_selection == "random":
-            generator = torch.Generator().manual_seed(int(self.hparams.reference_seed))
-            index = int(torch.randint(len(paths), (1,), generator=generator))
-        else:
-            index = int(self.hparams.reference_index) % len(paths)
-        image = read_image(Path(paths[index]), as_tensor=True).unsqueeze(0)
-        if self.pre_processor is not None and self.pre_processor.transform is not None:
-            image = self.pre_processor.transform(image)
-        image = image.to(self.device, torch.float32)
-        # identical on every rank (deterministic choice; broadcast for safety under DDP)
+        """A28/T10: the chosen clean, pre-processed training image, (1, 3, H, W); rank 0's under DDP."""
+        index = int(self.hparams.reference_index)
+        if index >= len(self._reference_candidates):
+            logger.warning(
+                "RB-AE: reference_index=%d but only %d training images were seen before phase 2; using the last.",
+                index,
+                len(self._reference_candidates),
+            )
+        image = self._reference_candidates[min(index, len(self._reference_candidates) - 1)][1]
+        image = image.unsqueeze(0).to(self.device)
         return self.trainer.strategy.broadcast(image, src=0).to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the reference candidates, so a run resumed in phase 1 picks the same reference."""
+        checkpoint["rbae_reference_candidates"] = [list(item) for item in self._reference_candidates]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the reference candidates saved by :meth:`on_save_checkpoint`."""
+        self._reference_candidates = [list(item) for item in checkpoint.get("rbae_reference_candidates", [])]
 
     # ------------------------------------------------------------------ steps
     def _all_params_term(self) -> torch.Tensor:
-        """Zero-weighted sum of every network parameter, so DDP sees all of them used in each step.
+        """Zero-weighted sum of every trainable network parameter, so DDP sees all of them used in each step.
 
-        RBAM/MSFDM are idle in phase 1 and encoder levels 4-5 in phase 2.
+        RBAM/MSFDM are idle in phase 1 and the encoder (levels 4-5 in the re-encoding) in phase 2.
         """
-        return sum(p.sum() for p in self.model.parameters()) * 0.0
+        return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+
+    def _drop_idle_gradients(self, phase: int) -> None:
+        """Forget the gradients of the modules that do not learn in ``phase`` (RBAM/MSFDM in 1, encoder in 2).
+
+        Adam skips parameters without a gradient, so a single optimiser (A27) leaves them untouched
+        too, weight decay included.
+        """
+        idle = (self.model.rbam, self.model.fdm) if phase == 1 else (self.model.encoder,)
+        for module in idle:
+            for parameter in module.parameters():
+                parameter.grad = None
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One phase-1 (Eq. 14) or phase-2 (Eq. 17) step with the phase's optimizer."""
@@ -416,6 +568,10 @@ class RBAE(AnomalibModule):
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         phase = self.phase
         clean = batch.image
+        if not bool(self.model.ref_ready):
+            self._observe_reference_candidates(batch)
+        if phase == 2 and not self._encoder_frozen:
+            self._enter_phase2()
         augment = self.augment_phase1 if phase == 1 else self.augment_phase2
         with torch.no_grad():
             defective, mask = augment(clean, generator=self._generator)
@@ -433,6 +589,7 @@ class RBAE(AnomalibModule):
         for opt in optimizers:
             opt.zero_grad()
         self.manual_backward(loss)
+        self._drop_idle_gradients(phase)
         optimizer.step()
         size = clean.shape[0]
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, batch_size=size)

@@ -51,7 +51,9 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
         encoder_channels: A2: channels of the five encoder levels.
         encoder_strides: A3: strides of the five encoder levels.
         rbfrm_patch_sizes: K values of the RBFRMs (paper: 2 and 4).
-        rbfrm_softmax_scale: A6: RBFRM softmax temperature (paper Eq. 4: 1).
+        rbfrm_softmax_scale: A6: RBFRM softmax temperature (paper Eq. 4: 1, which cannot select a
+            reference patch; see :class:`~anomalib_ext.models.rbae.components.RBFRM`).
+        rbfrm_learn_scale: A6: learn the RBFRM temperatures, starting from ``rbfrm_softmax_scale``.
         rbfrm_eps: A7: epsilon of the cosine-similarity normalisation.
         ffm_mid_channels: FFM squeeze channels (paper: 64).
         ffm_kernel_size: FFM kernel m (paper: 5).
@@ -71,7 +73,8 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
         encoder_channels: Sequence[int] = (64, 128, 256, 512, 512),
         encoder_strides: Sequence[int] = (1, 2, 2, 2, 2),
         rbfrm_patch_sizes: Sequence[int] = (2, 4),
-        rbfrm_softmax_scale: float = 1.0,
+        rbfrm_softmax_scale: float = 10.0,
+        rbfrm_learn_scale: bool = False,
         rbfrm_eps: float = 1e-12,
         ffm_mid_channels: int = 64,
         ffm_kernel_size: int = 5,
@@ -117,6 +120,7 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
                 ffm_kernel_size,
                 ffm_squeeze_norm,
                 rbfrm_eps,
+                rbfrm_learn_scale,
             )
             for level in RBAM_LEVELS
         )
@@ -144,6 +148,18 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
         if mode and self.freeze_encoder_bn and bool(self.ref_ready):
             self.encoder.eval()
         return self
+
+    def freeze_encoder(self, requires_grad: bool = False) -> None:
+        """Phase 2: the encoder stops learning (A26): eval mode (frozen BN statistics) and no gradients.
+
+        Args:
+            requires_grad: keep ``requires_grad`` on the encoder parameters. Only for DDP, whose
+                reducer was built with them; the caller must then drop their gradients before
+                each optimiser step.
+        """
+        self.encoder.requires_grad_(requires_grad)
+        if self.freeze_encoder_bn:
+            self.encoder.eval()
 
     @torch.no_grad()
     def set_reference(self, ref_image: Tensor) -> None:
