@@ -270,3 +270,37 @@ def make_fake_elpv(
         lines.append(f"{name}  {probability!r:<18}  {cell_type}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def make_fake_folder(
+    root: str | Path,
+    defect_types: tuple[str, ...] = ("crack", "scratch"),
+    n_train: int = 8,
+    n_test_good: int = 3,
+    n_per_defect: int = 2,
+    image_size: int = 64,
+    masks: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a user's own images in the layout ``docs/own_images.md`` recommends for ``Folder``.
+
+    ``root/{train/good, test/good, test/<defect>, masks/<defect>}``, masks with the same file name as
+    their image (``masks/crack/000.png`` for ``test/crack/000.png``); names repeat across defect
+    folders, as a camera's counter would. ``masks=False`` writes no ``masks`` folder (image labels only).
+
+    Returns:
+        The dataset root (``root``).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        _save(normal_texture(rng, image_size), root / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        _save(normal_texture(rng, image_size), root / "test" / "good" / f"{i:03d}.png")
+    for defect in defect_types:
+        for i in range(n_per_defect):
+            image, mask = defective_image(rng, image_size)
+            _save(image, root / "test" / defect / f"{i:03d}.png")
+            if masks:
+                _save(mask.astype(np.uint8) * 255, root / "masks" / defect / f"{i:03d}.png")
+    return root

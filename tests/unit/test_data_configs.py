@@ -24,7 +24,7 @@ def print_config(*args: str) -> dict:
 
 
 def test_all_dataset_configs_are_present():
-    assert {p.stem for p in CONFIGS} >= {"dagm", "mpdd", "btad", "mvtecad", "visa", "demo_textures", "elpv"}
+    assert {p.stem for p in CONFIGS} >= {"dagm", "mpdd", "btad", "mvtecad", "visa", "demo_textures", "elpv", "folder"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -45,7 +45,11 @@ def test_config_instantiates_its_datamodule(config):
     parser.add_subclass_arguments(AnomalibDataModule, "data")
     datamodule = parser.instantiate_classes(parser.parse_path(str(config))).data
     assert isinstance(datamodule, AnomalibDataModule)
-    assert datamodule.category == yaml.safe_load(config.read_text())["data"]["init_args"]["category"]
+    init_args = yaml.safe_load(config.read_text())["data"]["init_args"]
+    if "category" in init_args:
+        assert datamodule.category == init_args["category"]
+    else:  # Folder: one dataset, named
+        assert datamodule.name == init_args["name"]
 
 
 @pytest.mark.parametrize("name", ["DAGM", "DemoTextures", "BTAD", "ELPV"])
