@@ -1,10 +1,12 @@
 """Shapes (spec section 3) and invariants (spec section 10) of the RB-AE components."""
 
+import inspect
 import math
 
 import pytest
 import torch
 
+from anomalib_ext.models import RBAE
 from anomalib_ext.models.rbae.components import (
     FDM,
     FFM,
@@ -61,6 +63,62 @@ def test_rbfrm_identity_with_large_scale_but_not_with_paper_scale() -> None:
     x = torch.randn(1, 4, 8, 8)
     assert torch.allclose(RBFRM(2, softmax_scale=1e4)(x, x), x, atol=1e-4)
     assert (RBFRM(2, softmax_scale=1.0)(x, x) - x).abs().max() > 0.5
+
+
+def _two_texture_reference(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Level-3 sized map at 256 px (64 x 64, K = 2: N = 1024 patches) of two ReLU-like textures A and B.
+
+    Returns the reference map, the input map (the reference with patch 100, an A patch, replaced by
+    A plus bright speckles: a defect), the texture vectors a, b and the defect's patch index.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    channels, size, k = 16, 64, 2
+    dim, n = channels * k * k, (size // k) ** 2
+    a = torch.relu(torch.randn(dim, generator=generator))
+    b = torch.relu(torch.randn(dim, generator=generator))
+    is_a = torch.arange(n) % 2 == 0
+    reference = torch.where(is_a[:, None], a, b) + 0.1 * torch.rand(n, dim, generator=generator)
+    speckles = 2.0 * torch.rand(dim, generator=generator) * (torch.rand(dim, generator=generator) < 0.25)
+    patches = reference.clone()
+    patches[100] = a + speckles
+    to_map = lambda p: unpatchify(p[None], channels, size, size, k)  # noqa: E731
+    return to_map(reference), to_map(patches), a, b, 100
+
+
+def test_rbfrm_default_scale_repairs_a_defect_patch_with_its_best_matching_texture() -> None:
+    """Issue 15: the repaired defect patch takes the texture of its best-matching reference patches.
+
+    With Eq. 4 literally (scale 1) cosine similarities in [0, 1] cannot separate the two textures:
+    about 60 % of the weight goes to A, the repair is a blend of A and B. The default temperature
+    (contextual attention's 10) puts > 95 % of the weight on A patches.
+    """
+    default = inspect.signature(RbaeModel.__init__).parameters["rbfrm_softmax_scale"].default
+    assert inspect.signature(RBAE.__init__).parameters["rbfrm_softmax_scale"].default == default
+    reference, features, a, b, index = _two_texture_reference()
+    is_a = torch.arange(1024) % 2 == 0
+    for scale, selects in ((default, True), (1.0, False)):
+        rbfrm = RBFRM(2, softmax_scale=scale)
+        weight_on_a = rbfrm.attention(features, reference)[0, index][is_a].sum().item()
+        repaired = patchify(rbfrm(features, reference), 2)[0, index]
+        mean_a = patchify(reference, 2)[0, is_a].mean(0)
+        gap = (a - b).norm().item()
+        if selects:
+            assert weight_on_a > 0.95, (scale, weight_on_a)
+            assert (repaired - mean_a).norm().item() < 0.1 * gap
+        else:
+            assert weight_on_a < 0.7, (scale, weight_on_a)
+            assert (repaired - mean_a).norm().item() > 0.25 * gap
+
+
+def test_rbfrm_learned_scale_starts_at_the_given_value_and_gets_a_gradient() -> None:
+    rbfrm = RBFRM(2, softmax_scale=10.0, learn_scale=True)
+    assert isinstance(rbfrm.log_scale, torch.nn.Parameter)
+    assert rbfrm.softmax_scale.item() == pytest.approx(10.0)
+    reference, features, *_ = _two_texture_reference()
+    rbfrm(features, reference).square().sum().backward()
+    assert rbfrm.log_scale.grad is not None
+    assert rbfrm.log_scale.grad.abs() > 0
+    assert "log_scale" not in RBFRM(2, softmax_scale=10.0).state_dict()  # fixed: nothing to store
 
 
 def test_rbfrm_hand_example() -> None:
