@@ -74,10 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-epochs",
         default=None,
-        help="epochs: N for every trained model (built-ins still capped by the profile), or per model "
-        "'n2n=6,mldfr=5' (others keep their config's or the profile's)",
+        help="schedule in epochs: N for every model, or per model 'n2n=6,Stfpm=20' (others keep their "
+        "config's or the profile's default); replaces the config's schedule (PaDiM/PatchCore keep 1 epoch)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every job (Lightning's seed_everything)")
+    parser.add_argument(
+        "--max-steps",
+        default=None,
+        help="schedule in optimiser steps: N for every model, or per model 'mldfr=300,Stfpm=500' (max_epochs=-1 "
+        "unless --max-epochs also names the model: Lightning stops at the first reached)",
+    )
+    parser.add_argument(
+        "--curve-steps",
+        default=None,
+        help="learning-curve mode: comma-separated global steps, e.g. 50,100,200,400; every job trains "
+        "max(steps) optimiser steps and is evaluated on the test set at each (for choosing schedules)",
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds, one job per seed, e.g. 0,1,2 (default: --seed)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
     parser.add_argument(
         "--threads",
         type=int,
@@ -94,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--openvino-timeout", type=float, default=300, help="seconds one OpenVINO precision may take (compile + timing)"
     )
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO export and its timings")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also export FP16 and INT8 (NNCF post-training quantisation calibrated on the training images) "
+        "and measure their OpenVINO latency and test-set image AUROC beside f32",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="run again the jobs whose stored record failed")
     parser.add_argument("--force", action="store_true", help="ignore stored records, run everything again")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the stored records")
@@ -101,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--publish",
         type=Path,
         default=None,
-        help="also put the table into this markdown page (between its benchmark-results markers) and copy "
-        "the charts to --publish-images",
+        help="also put the summary tables into this markdown page (between its benchmark-results markers) and "
+        "copy the charts to --publish-images",
     )
     parser.add_argument(
         "--publish-images", type=Path, default=Path("docs/images/benchmarks"), help="folder of the published charts"
@@ -128,14 +149,84 @@ def parse_categories(text: str | None, datasets: list[str]) -> dict[str, list[st
     return chosen
 
 
-def parse_epochs(text: str | None) -> int | dict[str, int] | None:
-    """``"3"`` -> 3 (every model); ``"n2n=6,mldfr=5"`` -> ``{"n2n": 6, "mldfr": 5}`` (names lower-cased)."""
+def parse_per_model(text: str | None, option: str = "--max-epochs") -> int | dict[str, int] | None:
+    """``"3"`` -> 3 (every model); ``"n2n=6,Stfpm=5"`` -> ``{"n2n": 6, "stfpm": 5}`` (names lower-cased).
+
+    Raises:
+        argparse.ArgumentTypeError: A value is not a positive integer (the message names ``option``).
+    """
     if not text:
         return None
+
+    def number(value: str, name: str | None = None) -> int:
+        try:
+            parsed = int(value)
+        except ValueError:
+            parsed = 0
+        if parsed <= 0:
+            where = f" for {name}" if name else ""
+            msg = f"{option} expects positive integers, got {value.strip()!r}{where} in {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return parsed
+
     if "=" not in text:
-        return int(text)
-    pairs = (part.split("=", 1) for part in _split(text))
-    return {name.strip().lower(): int(value) for name, value in pairs}
+        return number(text)
+    values = {}
+    for part in _split(text):
+        name, sep, value = part.partition("=")
+        if not sep:
+            msg = f"{option} expects N or name=N,name=N, got {part!r} in {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        values[name.strip().lower()] = number(value, name.strip())
+    return values
+
+
+parse_epochs = parse_per_model
+
+
+def parse_steps(text: str | None) -> list[int] | None:
+    """``"50,100,200"`` -> ``[50, 100, 200]`` (sorted, unique).
+
+    Raises:
+        argparse.ArgumentTypeError: A step is not a positive integer.
+    """
+    if not text:
+        return None
+    try:
+        steps = sorted({int(part) for part in _split(text)})
+    except ValueError as error:
+        msg = f"--curve-steps expects comma-separated positive integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from error
+    if not steps or steps[0] <= 0:
+        msg = f"--curve-steps expects comma-separated positive integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return steps
+
+
+def parse_seeds(seeds: str | None, seed: int) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (order kept, duplicates dropped); without it ``[seed]``."""
+    if not seeds:
+        return [seed]
+    try:
+        return list(dict.fromkeys(int(part) for part in _split(seeds)))
+    except ValueError as error:
+        msg = f"--seeds expects comma-separated integers, got {seeds!r}"
+        raise argparse.ArgumentTypeError(msg) from error
+
+
+def check_model_names(overrides: dict[str, int | dict[str, int] | None], models: list[str]) -> None:
+    """Every per-model override names a model of ``--models`` (any case).
+
+    Raises:
+        argparse.ArgumentTypeError: Naming the option, the unknown name and the models of the run.
+    """
+    known = {name.lower() for name in models}
+    for option, value in overrides.items():
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - known)
+            if unknown:
+                msg = f"{option} names {', '.join(unknown)}, which is not in --models ({', '.join(models)})"
+                raise argparse.ArgumentTypeError(msg)
 
 
 class Display:
@@ -174,15 +265,18 @@ class Display:
 
     def __call__(self, event: str, job: Any, info: dict[str, Any]) -> None:
         """Show ``event`` (``start``, ``poll``, ``done``, ``reused``) of ``job``."""
-        where = f"[{info['index'] + 1}/{info['total']}] {job.model} on {job.dataset}/{job.category}"
+        where = f"[{info['index'] + 1}/{info['total']}] {job.model} on {job.dataset}/{job.category} seed {job.seed}"
         if event == "poll":
             stage = info.get("stage", "starting")
             if "epoch" in info:
                 stage += f" epoch {info['epoch']}/{info.get('max_epochs')}"
+            if info.get("max_steps", -1) not in (-1, None) or info.get("stage") == "curve":
+                stage += f" step {info.get('step')}/{info.get('max_steps', '?')}"
             if "batch" in info:
                 stage += f" batch {info['batch']}/{info.get('batches')}"
             self.progress.update(self.task, description=f"{where}: {stage} ({info['elapsed']:.0f} s)")
-            plain = info.get("stage", "") + (f" epoch {info['epoch']}" if "epoch" in info else "")
+            plain = info.get("stage", "starting") + (f" epoch {info['epoch']}" if "epoch" in info else "")
+            plain += f" step {info['step']}" if info.get("stage") == "curve" else ""
             if not self.live and self.last_stage.get(job.key) != plain:
                 self.last_stage[job.key] = plain
                 self.console.print(f"{where}: {plain} ({info['elapsed']:.0f} s)", highlight=False)
@@ -208,13 +302,26 @@ class Display:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; return 0 (failed jobs are recorded, not fatal)."""
+    """Run the benchmark; return 0 (failed jobs are recorded, not fatal), 2 on a bad command line."""
     from benchmarks.profiles import PROFILES
     from benchmarks.report import publish, write_report
     from benchmarks.runner import Runner, load_record, make_jobs, write_run_info
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    models = _split(args.models)
+    datasets = _split(args.datasets)
+    try:
+        epochs = parse_per_model(args.max_epochs, "--max-epochs")
+        steps = parse_per_model(args.max_steps, "--max-steps")
+        curve_steps = parse_steps(args.curve_steps)
+        seeds = parse_seeds(args.seeds, args.seed)
+        check_model_names({"--max-epochs": epochs, "--max-steps": steps}, models)
+        categories = parse_categories(args.categories, datasets)
+        data_args = _data_args(args.data_arg)
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        parser.error(str(error))
     profile = PROFILES[args.profile]
     overrides = {
         "image_size": args.image_size,
@@ -228,10 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     profile = dataclasses.replace(profile, **overrides)
     output = args.output or args.root / (args.name or args.profile)
     console = Console()
-    models = _split(args.models)
-    datasets = _split(args.datasets)
-    categories = parse_categories(args.categories, datasets)
-    data_args = _data_args(args.data_arg)
     if args.data_root:
         data_args["root"] = args.data_root
 
@@ -240,10 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         datasets,
         categories,
         profile,
-        seed=args.seed,
+        seeds=seeds,
         threads=args.threads,
-        epochs=parse_epochs(args.max_epochs),
+        epochs=epochs,
+        steps=steps,
+        curve_steps=curve_steps,
         openvino=not args.no_openvino,
+        int8=args.int8,
         data_args=data_args,
     )
     started = datetime.now(timezone.utc)
@@ -251,8 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         records = [r for r in (load_record(output / "records" / f"{job.key}.json") for job in jobs) if r]
     else:
         output.mkdir(parents=True, exist_ok=True)
-        write_run_info(output, profile, args.seed, args.threads, argv, started_at=started.isoformat(timespec="seconds"))
-        console.print(f"benchmark: {len(jobs)} jobs, profile {profile.name}, output {output}", highlight=False)
+        info = {"curve_steps": curve_steps, "started_at": started.isoformat(timespec="seconds")}
+        write_run_info(output, profile, seeds, args.threads, argv, **info)
+        console.print(
+            f"benchmark: {len(jobs)} jobs ({len(seeds)} seed(s)), profile {profile.name}, output {output}",
+            highlight=False,
+        )
         with Display(len(jobs), console) as display:
             runner = Runner(
                 output,
@@ -267,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         write_run_info(
             output,
             profile,
-            args.seed,
+            seeds,
             args.threads,
             argv,
-            started_at=started.isoformat(timespec="seconds"),
+            **info,
             finished_at=finished.isoformat(timespec="seconds"),
             wall_time_s=round((finished - started).total_seconds(), 1),
             jobs=[job.key for job in jobs],

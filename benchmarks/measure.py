@@ -189,12 +189,14 @@ def openvino_measure(
     warmup: int,
     repeats: int,
     probe_file: str | Path | None = None,
+    accuracy_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Compile ``xml`` at ``precision``, check the image score against torch's, time every batch size.
 
     Returns ``runs_as`` (the precision used), ``max_score_diff`` (largest image-score difference with
-    the torch scores stored in ``probe_file``) and ``b<N>_latency_ms``, ``b<N>_throughput_ips``,
-    ``b<N>_peak_mem_mb`` per batch size.
+    the torch scores stored in ``probe_file``), ``b<N>_latency_ms``, ``b<N>_throughput_ips``,
+    ``b<N>_peak_mem_mb`` per batch size and, with an ``accuracy_file`` (test images' paths and labels),
+    ``image_AUROC`` of the compiled model on those images (:func:`openvino_image_auroc`).
     """
     import numpy as np
 
@@ -202,14 +204,53 @@ def openvino_measure(
     result: dict[str, Any] = {"runs_as": openvino_precision(compiled)}
     if probe_file is not None:
         with np.load(probe_file) as probe:
-            outputs = compiled.create_infer_request().infer({0: probe["images"]})
-            score = next((v for k, v in outputs.items() if "pred_score" in k.get_names()), None)
+            score = _score_output(compiled.create_infer_request().infer({0: probe["images"]}))
             if score is not None:
                 result["max_score_diff"] = float(np.abs(np.asarray(score).reshape(-1) - probe["scores"]).max())
     for batch in batch_sizes:
         stats = openvino_latency(compiled, image_size, batch, warmup, repeats)
         result.update({f"b{batch}_{key}": value for key, value in stats.items()})
+    if accuracy_file is not None:
+        result["image_AUROC"] = openvino_image_auroc(compiled, accuracy_file, image_size)
     return result
+
+
+def _score_output(outputs: Any) -> Any:
+    return next((value for key, value in outputs.items() if "pred_score" in key.get_names()), None)
+
+
+def openvino_image_auroc(
+    compiled: Any, accuracy_file: str | Path, image_size: tuple[int, int], batch_size: int = 8
+) -> float | None:
+    """Image AUROC of a compiled model on the images listed in ``accuracy_file`` (``{"paths", "labels"}``).
+
+    Images are read as anomalib reads them and resized to ``image_size`` (bilinear, antialiased); the
+    metric is the package evaluator's ``image_AUROC``. ``None`` when the model has no ``pred_score``.
+    """
+    import numpy as np
+    from anomalib.data import ImageBatch
+    from anomalib.data.utils import read_image
+
+    from anomalib_ext.models.defaults import default_evaluator
+
+    probe = json.loads(Path(accuracy_file).read_text())
+    metric = next(m for m in default_evaluator().test_metrics if m.name == "image_AUROC")
+    request = compiled.create_infer_request()
+    paths, labels = probe["paths"], probe["labels"]
+    for start in range(0, len(paths), batch_size):
+        images = torch.stack([read_image(path, as_tensor=True) for path in paths[start : start + batch_size]])
+        images = torch.nn.functional.interpolate(images, size=image_size, mode="bilinear", antialias=True)
+        score = _score_output(request.infer({0: images.numpy()}))
+        if score is None:
+            return None
+        metric.update(
+            ImageBatch(
+                image=images,
+                pred_score=torch.from_numpy(np.asarray(score, dtype=np.float32).reshape(-1)),
+                gt_label=torch.as_tensor(labels[start : start + batch_size]),
+            )
+        )
+    return float(metric.compute())
 
 
 def openvino_in_subprocess(xml: str | Path, precision: str, timeout_s: float = 300, **kwargs: Any) -> dict[str, Any]:

@@ -2,16 +2,26 @@
 
 Two profiles:
 
-- ``cpu``: for this kind of machine (a few CPU cores, no internet). Inputs are resized to
-  128 x 128, every backbone is the offline EfficientNet-Lite0 served by
-  :mod:`anomalib_ext.backbones`, schedules are short (anomalib's trained built-ins get 3 epochs;
-  ours the schedule of their ``_cpu`` config, already short), and
-  anomalib's PatchCore gets a tiny coreset (ratio 0.01 of at most 64 training images), because
-  its greedy coreset search is extremely slow on a CPU at the paper's settings (about 14 hours
-  for 760 images at 256 px, ratio 0.1). Our models use ``configs/model/<name>_cpu.yaml``.
+- ``cpu``: for this kind of machine (a few CPU cores, no internet). anomalib's built-ins get
+  256 x 256 inputs and the offline EfficientNet-Lite0 served by :mod:`anomalib_ext.backbones`;
+  PaDiM and PatchCore take their single pass, trained built-ins (STFPM, ...) the schedule given on
+  the command line (``--max-epochs Stfpm=N`` or ``--max-steps Stfpm=N``; without one,
+  ``default_epochs``). Our models run ``configs/model/<name>_cpu.yaml`` as written (input size,
+  backbone, ``trainer.max_epochs`` or ``trainer.max_steps``). DemoTextures is built at 256 px. No
+  cap on training images unless ``--max-train-images`` sets one.
 - ``paper``: each paper's own settings: our ``configs/model/<name>.yaml`` and anomalib's
   defaults for its built-ins (which are their papers' settings). Meant for a GPU machine with the
   datasets present; backbones are then downloaded by timm as usual.
+
+**PatchCore's coreset is bounded in the ``cpu`` profile.** anomalib's greedy coreset search costs
+(bank size) x (patches) x (projected dimension): on ELPV poly at 256 px (690 training images, 32 x 32
+patches each, 706,560 patches) the paper's ratio 0.1 would run for hours on a CPU. The profile keeps
+anomalib's ``coreset_sampling_ratio`` argument and adds a seeded random subsample of at most
+``coreset_max_patches`` training patches (:data:`CPU_CORESET_MAX_PATCHES`) taken before the greedy
+search (:class:`benchmarks.worker.CoresetPatchLimit`, a Lightning callback that runs before
+PatchCore's own ``fit``): the memory bank holds ``ratio x min(patches, limit)`` patches
+(:data:`CPU_CORESET_RATIO` x :data:`CPU_CORESET_MAX_PATCHES` = 2,000). Measured on ELPV poly, see
+``docs/benchmarks.md``.
 
 How anomalib's built-ins get offline weights without changing their code: anomalib's torch
 models build ``TimmFeatureExtractor(backbone, ...)``, which asks timm to download. While a built-in
@@ -44,11 +54,14 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs" / "model"
-
-# Short names of our models (folder and config stem) -> class name exported by anomalib_ext.models.
-OUR_MODELS = {"mldfr": "MLDFR", "smcc": "SMCC", "rbae": "RBAE", "n2n": "N2N", "fmgrd": "FMGRD"}
+PACKAGE_DIR = PROJECT_ROOT / "anomalib_ext"
 
 OFFLINE_BACKBONE = "efficientnet_lite0"
+
+#: PatchCore's coreset under the cpu profile: ratio of anomalib's greedy search, applied to a seeded
+#: random subsample of at most this many training patches (see the module docstring).
+CPU_CORESET_RATIO = 0.02
+CPU_CORESET_MAX_PATCHES = 100_000
 
 # anomalib built-ins under the cpu profile: the offline backbone, its layer names (timm's
 # ``features_only`` module names for EfficientNet-Lite0: blocks.1/2/4 have 24/40/112 channels at
@@ -58,7 +71,7 @@ CPU_BUILTIN_ARGS: dict[str, dict[str, Any]] = {
     "Patchcore": {
         "backbone": OFFLINE_BACKBONE,
         "layers": ["blocks.2", "blocks.4"],
-        "coreset_sampling_ratio": 0.01,
+        "coreset_sampling_ratio": CPU_CORESET_RATIO,
         "num_neighbors": 9,
     },
     "Stfpm": {"backbone": OFFLINE_BACKBONE, "layers": ["blocks.1", "blocks.2", "blocks.4"]},
@@ -79,16 +92,18 @@ class Profile:
 
     Args:
         name: ``"cpu"`` or ``"paper"``.
-        image_size: Side of the square model input; ``None`` keeps each model's own pre-processor.
-        max_epochs: Cap on the epochs of anomalib's built-ins (``None``: no cap). Our models train
-            for their config's ``trainer.max_epochs`` (their schedules, e.g. RB-AE's two phases,
-            depend on it) unless ``--max-epochs`` overrides it.
-        default_epochs: Epochs for models whose config and defaults name none.
+        image_size: Side of the square input of anomalib's built-ins; ``None`` keeps each model's own
+            pre-processor. Our models always use their config's pre-processor.
+        default_epochs: Epochs of a trained model whose config, ``trainer_arguments`` and command
+            line name no schedule (the report's ``epochs`` and ``steps`` columns show what ran).
         offline_backbones: Build anomalib's built-ins with the offline resolver's feature extractor.
         config_suffix: Our models' config file suffix (``"_cpu"`` reads ``configs/model/mldfr_cpu.yaml``).
         builtin_args: Init arguments of anomalib's built-ins, by class name.
-        max_train_images: Cap on training images per category (a seeded random subset).
-        train_batch_size: Training batch size.
+        max_train_images: Cap on training images per category (a random subset drawn with the job's
+            seed); ``None``: all.
+        coreset_max_patches: PatchCore only: seeded random subsample of the training patches taken
+            before the greedy coreset search; ``None``: all patches (anomalib's behaviour).
+        train_batch_size: Training batch size (a model's config ``data.init_args`` wins).
         eval_batch_size: Test batch size.
         latency_batch_sizes: Batch sizes of the latency measurements.
         warmup: Untimed forward passes before timing.
@@ -97,18 +112,18 @@ class Profile:
             leaves the device's choice, bf16 on CPUs with AMX/AVX512-BF16).
         heatmap_images: Defective test images shown per model in the heat-map grid.
         demo_image_size: Side of the DemoTextures images built for this profile.
-        model_data_args: Datamodule arguments a model needs, by model name (e.g. SMCC's batch must
-            hold its ``memory_bank_images``); a ``data.init_args`` batch size in the model's config wins.
+        model_data_args: Datamodule arguments a model needs, by model class name (e.g. SMCC's batch
+            must hold its ``memory_bank_images``); a ``data.init_args`` batch size in the model's config wins.
     """
 
     name: str
     image_size: int | None
-    max_epochs: int | None
     default_epochs: int
     offline_backbones: bool
     config_suffix: str
     builtin_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_train_images: int | None = None
+    coreset_max_patches: int | None = None
     train_batch_size: int = 8
     eval_batch_size: int = 8
     latency_batch_sizes: tuple[int, ...] = (1, 8)
@@ -123,21 +138,20 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
-        image_size=128,
-        max_epochs=3,
+        image_size=256,
         default_epochs=3,
         offline_backbones=True,
         config_suffix="_cpu",
         builtin_args=CPU_BUILTIN_ARGS,
-        max_train_images=64,
-        demo_image_size=128,
+        max_train_images=None,
+        coreset_max_patches=CPU_CORESET_MAX_PATCHES,
+        demo_image_size=256,
         # the batch sizes the usage lines of configs/model/smcc_cpu.yaml and rbae_cpu.yaml give
         model_data_args={"SMCC": {"train_batch_size": 16}, "RBAE": {"train_batch_size": 4}},
     ),
     "paper": Profile(
         name="paper",
         image_size=None,
-        max_epochs=None,
         default_epochs=200,
         offline_backbones=False,
         config_suffix="",
@@ -153,16 +167,27 @@ PROFILES: dict[str, Profile] = {
 
 @dataclass
 class ModelSpec:
-    """A model resolved from its name: what to build and how long to train it."""
+    """A model resolved from its name: what to build and how long to train it.
+
+    ``section`` is the ``model:`` section of an anomalib CLI config (``class_path`` and ``init_args``),
+    which the worker instantiates with jsonargparse as the CLI does. ``max_epochs`` and ``max_steps``
+    are Lightning's (``None``: not set).
+    """
 
     name: str
     class_path: str
     init_args: dict[str, Any]
-    max_epochs: int
+    max_epochs: int | None
     ours: bool
+    max_steps: int | None = None
     config: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
     data_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def section(self) -> dict[str, Any]:
+        """The ``model:`` section: ``{"class_path": ..., "init_args": ...}``."""
+        return {"class_path": self.class_path, "init_args": self.init_args}
 
 
 @dataclass
@@ -177,6 +202,13 @@ class DataSpec:
 def _import(class_path: str) -> Any:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def our_models() -> dict[str, str]:
+    """The package's models: short name (lower-case class name, the config stem) -> class name."""
+    from anomalib_ext.registry import registered_models
+
+    return {name.lower(): name for name in registered_models()}
 
 
 def _anomalib_model_class(name: str) -> str | None:
@@ -194,71 +226,103 @@ def _anomalib_model_class(name: str) -> str | None:
 DATA_KEYS_FROM_MODEL_CONFIG = ("train_batch_size", "eval_batch_size")
 
 
-def _read_model_config(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(class_path, init_args, trainer, data batch sizes)`` from an anomalib CLI config."""
+def read_model_config(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(model section, trainer section, data batch sizes)`` of an anomalib CLI config.
+
+    Raises:
+        ValueError: If the file has no ``model:`` section with a ``class_path``.
+    """
     config = yaml.safe_load(path.read_text()) or {}
-    model = config.get("model", config)
+    model = config.get("model")
     if isinstance(model, str):
         model = {"class_path": model}
+    if not isinstance(model, dict) or "class_path" not in model:
+        msg = f"Config {path}: expected a 'model:' section with a 'class_path' (as anomalib's CLI reads it)."
+        raise ValueError(msg)
     data = (config.get("data") or {}).get("init_args") or {}
     data = {key: data[key] for key in DATA_KEYS_FROM_MODEL_CONFIG if key in data}
-    return model["class_path"], dict(model.get("init_args") or {}), dict(config.get("trainer") or {}), data
+    section = {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
+    return section, dict(config.get("trainer") or {}), data
 
 
-def _epochs(epochs: int | None, profile: Profile) -> int:
-    epochs = epochs or profile.default_epochs
-    return min(epochs, profile.max_epochs) if profile.max_epochs else epochs
+def schedule(
+    config_epochs: int | None,
+    config_steps: int | None,
+    epochs: int | None,
+    steps: int | None,
+    default_epochs: int,
+) -> tuple[int | None, int | None]:
+    """``(max_epochs, max_steps)`` of a job: the command line's, else the config's, else ``default_epochs``.
+
+    A schedule given on the command line replaces the config's whole schedule: ``--max-steps`` alone
+    trains for that many optimiser steps whatever the config's epochs (``max_epochs=-1``), and
+    ``--max-epochs`` alone drops the config's ``max_steps``. Given both, Lightning stops at the first.
+    """
+    if epochs is not None or steps is not None:
+        return (epochs if epochs is not None else (-1 if steps is not None else None)), steps
+    if config_epochs is not None or config_steps is not None:
+        if config_epochs is None and config_steps is not None:
+            return -1, config_steps  # Lightning's default max_epochs (1000) would otherwise cap it
+        return config_epochs, config_steps
+    return default_epochs, None
 
 
-def resolve_model(name: str, profile: Profile, epochs: int | None = None) -> ModelSpec:
+def resolve_model(name: str, profile: Profile, epochs: int | None = None, steps: int | None = None) -> ModelSpec:
     """Turn a model name into a :class:`ModelSpec` under ``profile``.
 
-    ``name`` is one of our short names (``mldfr``, case-insensitive; read from
-    ``configs/model/<name><suffix>.yaml``), an anomalib built-in (``Patchcore``), or a class
-    path. ``epochs`` overrides the config's epochs (still capped by the profile).
+    ``name`` is one of our models (its class name or short name, case-insensitive, read from
+    ``configs/model/<short><suffix>.yaml``), an anomalib built-in (``Patchcore``), or a class path.
+    ``epochs``/``steps`` override the schedule (see :func:`schedule`); a model whose
+    ``trainer_arguments`` fix ``max_epochs`` (PaDiM, PatchCore: 1) keeps it, as anomalib's Engine would.
 
     Raises:
         ValueError: If the name is unknown or our model's config is missing.
     """
+    ours = our_models()
     key = name.lower()
-    if key in OUR_MODELS:
+    if key in ours:
         path = CONFIG_DIR / f"{key}{profile.config_suffix}.yaml"
         if not path.is_file():
             msg = f"Config {path} of model {name!r} is missing."
             raise ValueError(msg)
-        class_path, init_args, trainer, data_args = _read_model_config(path)
+        section, trainer, data_args = read_model_config(path)
         config_epochs = trainer.pop("max_epochs", None)
+        config_steps = trainer.pop("max_steps", None)
+        max_epochs, max_steps = schedule(config_epochs, config_steps, epochs, steps, profile.default_epochs)
         return ModelSpec(
-            name=OUR_MODELS[key],
-            class_path=class_path,
-            init_args=init_args,
-            max_epochs=int(epochs or config_epochs or profile.default_epochs),
+            name=ours[key],
+            class_path=section["class_path"],
+            init_args=section["init_args"],
+            max_epochs=max_epochs,
+            max_steps=max_steps,
             ours=True,
             config=str(path.relative_to(PROJECT_ROOT)),
             trainer_args=trainer,
-            data_args={**profile.model_data_args.get(OUR_MODELS[key], {}), **data_args},
+            data_args={**profile.model_data_args.get(ours[key], {}), **data_args},
         )
     class_path = name if "." in name else _anomalib_model_class(name)
     if class_path is None:
-        msg = f"Unknown model {name!r}: not one of ours ({', '.join(OUR_MODELS)}) nor an anomalib model."
+        msg = f"Unknown model {name!r}: not one of ours ({', '.join(sorted(ours))}) nor an anomalib model."
         raise ValueError(msg)
     class_name = class_path.rpartition(".")[2]
-    init_args = dict(profile.builtin_args.get(class_name, {}))
-    max_epochs = _epochs(epochs or _builtin_epochs(class_path), profile)
+    fixed_epochs = builtin_epochs(class_path)
+    if fixed_epochs is not None:
+        max_epochs, max_steps = fixed_epochs, None
+    else:
+        max_epochs, max_steps = schedule(None, None, epochs, steps, profile.default_epochs)
     return ModelSpec(
         name=class_name,
         class_path=class_path,
-        init_args=init_args,
+        init_args=dict(profile.builtin_args.get(class_name, {})),
         max_epochs=max_epochs,
+        max_steps=max_steps,
         ours=False,
-        # validate once, after the last epoch: the post-processor's thresholds come from it
-        trainer_args={"check_val_every_n_epoch": max_epochs},
         data_args=dict(profile.model_data_args.get(class_name, {})),
     )
 
 
-def _builtin_epochs(class_path: str) -> int | None:
-    """Epochs a built-in requires (``trainer_arguments['max_epochs']``, e.g. 1 for PaDiM), else ``None``."""
+def builtin_epochs(class_path: str) -> int | None:
+    """Epochs a built-in fixes in ``trainer_arguments`` (e.g. 1 for PaDiM), else ``None``."""
     cls = _import(class_path)
     prop = getattr(cls, "trainer_arguments", None)
     if isinstance(prop, property):
@@ -269,24 +333,24 @@ def _builtin_epochs(class_path: str) -> int | None:
     return None
 
 
-def resolve_data(name: str, category: str, profile: Profile, extra: dict[str, Any] | None = None) -> DataSpec:
-    """Turn a datamodule name (``DemoTextures``, ``MVTecAD``, a class path) into a :class:`DataSpec`."""
+def _datamodule_class_path(name: str) -> str:
     if "." in name:
-        class_path = name
-    else:
-        import anomalib.data
+        return name
+    import anomalib.data
 
-        import anomalib_ext.data
+    from anomalib_ext.registry import registered_datamodules
 
-        if hasattr(anomalib_ext.data, name):
-            class_path = f"anomalib_ext.data.{name}"
-        elif hasattr(anomalib.data, name):
-            class_path = f"anomalib.data.{name}"
-        else:
-            msg = (
-                f"Unknown dataset {name!r}: give a datamodule class name of anomalib or anomalib_ext, or a class path."
-            )
-            raise ValueError(msg)
+    if name in registered_datamodules():
+        return f"anomalib_ext.data.{name}"
+    if hasattr(anomalib.data, name):
+        return f"anomalib.data.{name}"
+    msg = f"Unknown dataset {name!r}: give a datamodule class name of anomalib or anomalib_ext, or a class path."
+    raise ValueError(msg)
+
+
+def resolve_data(name: str, category: str, profile: Profile, extra: dict[str, Any] | None = None) -> DataSpec:
+    """Turn a datamodule name (``DemoTextures``, ``ELPV``, ``MVTecAD``, a class path) into a :class:`DataSpec`."""
+    class_path = _datamodule_class_path(name)
     init_args: dict[str, Any] = {
         "category": category,
         "train_batch_size": profile.train_batch_size,
@@ -301,11 +365,17 @@ def resolve_data(name: str, category: str, profile: Profile, extra: dict[str, An
 
 
 def default_categories(dataset: str) -> list[str]:
-    """Categories of a dataset when none are given (the demo generator's for DemoTextures)."""
-    if dataset.rpartition(".")[2] == "DemoTextures":
-        from anomalib_ext.data.demo import CATEGORIES
+    """Categories of a dataset when none are given: the ``CATEGORIES`` of our datamodule's module.
 
-        return list(CATEGORIES)
+    Raises:
+        ValueError: For a dataset whose categories must be named (``--categories``).
+    """
+    with contextlib.suppress(ValueError):
+        class_path = _datamodule_class_path(dataset)
+        if class_path.startswith("anomalib_ext."):
+            categories = getattr(importlib.import_module(_import(class_path).__module__), "CATEGORIES", None)
+            if categories:
+                return list(categories)
     msg = f"Name the categories of {dataset} with --categories."
     raise ValueError(msg)
 
@@ -316,31 +386,50 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def code_fingerprint(class_path: str, config: str | None = None) -> str:
-    """Hash of the code a model runs: its package's ``.py`` files, its config and our backbone resolver.
+#: Package files every model's numbers depend on: the weights resolver, the evaluator, the post-processor.
+SHARED_FILES = ("backbones.py", "post_processing.py", "models/defaults.py")
 
-    For anomalib's built-ins the anomalib version stands for their code. A stored result whose
+
+def code_fingerprint(class_path: str, config: str | None = None) -> str:
+    """Hash of the code a model's numbers depend on.
+
+    Our models: the model's package, the shared model code (``anomalib_ext/models/*.py``,
+    ``models/components/``, ``augment/``), the files in :data:`SHARED_FILES` and the config.
+    anomalib's built-ins: anomalib's version and :data:`SHARED_FILES`. A stored result whose
     fingerprint differs (a model was changed after it ran) is run again.
     """
     digest = hashlib.sha256()
     module = class_path.rpartition(".")[0]
+    files: list[Path] = []
     if module.startswith("anomalib_ext"):
         spec = importlib.util.find_spec(module)
         folder = Path(spec.origin).parent if spec and spec.origin else None
         files = sorted(folder.rglob("*.py")) if folder else []
+        files += sorted((PACKAGE_DIR / "models").glob("*.py"))
+        for shared in ("models/components", "augment"):
+            files += sorted((PACKAGE_DIR / shared).rglob("*.py"))
     else:
         from importlib import metadata
 
         digest.update(f"anomalib=={metadata.version('anomalib')}".encode())
-        files = []
-    files.append(PROJECT_ROOT / "anomalib_ext" / "backbones.py")
+    files += [PACKAGE_DIR / name for name in SHARED_FILES]
     if config:
         files.append(PROJECT_ROOT / config)
-    for file in files:
+    for file in dict.fromkeys(files):
         if file.is_file():
             digest.update(file.name.encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def data_fingerprint(class_path: str) -> str | None:
+    """Hash of our datamodule's module (its split or generator changes the numbers); ``None`` for anomalib's."""
+    if not class_path.startswith("anomalib_ext."):
+        return None
+    spec = importlib.util.find_spec(_import(class_path).__module__)
+    if spec is None or spec.origin is None:
+        return None
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:12]
 
 
 def profile_dict(profile: Profile) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Layout of a run folder (``benchmarks/runs/<name>`` by default)::
     artifacts/<key>/         checkpoint, OpenVINO IR, heat maps
     results.csv, results.md, *.png   the report (:mod:`benchmarks.report`)
 
-``key`` is ``<profile>__<dataset>__<category>__<model>``. A stored record is reused when its
+``key`` is ``<profile>__<dataset>__<category>__<model>__s<seed>``. A stored record is reused when its
 settings hash matches the job's (change the epochs, the input size, ... and the job runs again);
 the settings include a fingerprint of the model's code and config (``code_fingerprint``), so a
 model edited after its job ran is run again while the others are reused;
@@ -21,6 +21,7 @@ timeout) is recorded with the exit status and the tail of its log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -39,30 +40,32 @@ from benchmarks.profiles import (
     PROJECT_ROOT,
     Profile,
     code_fingerprint,
+    data_fingerprint,
     profile_dict,
     resolve_data,
     resolve_model,
     settings_hash,
 )
 
-IDENTITY = ("model", "dataset", "category", "profile")
+IDENTITY = ("model", "dataset", "category", "profile", "seed")
 
 
 @dataclass
 class Job:
-    """One model on one dataset category under a profile."""
+    """One model on one dataset category under a profile, with one seed."""
 
     model: str
     dataset: str
     category: str
     profile: str
+    seed: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when the job cannot even be built (unknown model, missing config)
 
     @property
     def key(self) -> str:
-        """File-name-safe identity of the job."""
-        parts = (self.profile, self.dataset, self.category, self.model)
+        """File-name-safe identity of the job: ``<profile>__<dataset>__<category>__<model>__s<seed>``."""
+        parts = (self.profile, self.dataset, self.category, self.model, f"s{self.seed}")
         return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", part) for part in parts)
 
     @property
@@ -75,55 +78,86 @@ class Job:
         return settings_hash(keep)
 
 
+def _per_model(value: int | dict[str, int] | None, name: str) -> int | None:
+    return value.get(name.lower()) if isinstance(value, dict) else value
+
+
 def make_jobs(
     models: list[str],
     datasets: list[str],
     categories: dict[str, list[str]],
     profile: Profile,
     *,
-    seed: int = 0,
+    seeds: list[int] | tuple[int, ...] = (0,),
     threads: int = 2,
     epochs: int | dict[str, int] | None = None,
+    steps: int | dict[str, int] | None = None,
+    curve_steps: list[int] | None = None,
     openvino: bool = True,
+    int8: bool = False,
     data_args: dict[str, Any] | None = None,
 ) -> list[Job]:
-    """All jobs, dataset-major then category then model (the order of the table).
+    """All jobs, dataset-major, then category, then model, then seed (the order of the tables).
 
-    ``epochs`` overrides the epochs of every model (an int) or of some (``{"n2n": 6}``, lower-case names).
+    ``epochs``/``steps`` override the schedule of every model (an int) or of some (``{"n2n": 6}``,
+    lower-case names; see :func:`benchmarks.profiles.schedule`). ``curve_steps`` switches to the
+    learning-curve mode: every job trains ``max(curve_steps)`` optimiser steps (``max_epochs=-1``) and
+    is evaluated at each listed step.
     """
     jobs = []
     for dataset in datasets:
         for category in categories[dataset]:
             for name in models:
-                job = Job(model=name, dataset=dataset.rpartition(".")[2], category=category, profile=profile.name)
-                try:
-                    model_epochs = epochs.get(name.lower()) if isinstance(epochs, dict) else epochs
-                    model = resolve_model(name, profile, model_epochs)
-                    data = resolve_data(dataset, category, profile, {**model.data_args, **(data_args or {})})
-                except Exception as error:  # noqa: BLE001  (recorded as the job's error)
-                    job.error = f"{type(error).__name__}: {error}"
-                    jobs.append(job)
-                    continue
-                job.model = model.name
-                job.spec = {
-                    "model": asdict(model),
-                    "code": code_fingerprint(model.class_path, model.config),
-                    "data": asdict(data),
-                    "image_size": profile.image_size,
-                    "offline_backbones": profile.offline_backbones,
-                    "max_epochs": model.max_epochs,
-                    "max_train_images": profile.max_train_images,
-                    "seed": seed,
-                    "threads": threads,
-                    "batch_sizes": list(profile.latency_batch_sizes),
-                    "warmup": profile.warmup,
-                    "repeats": profile.repeats,
-                    "heatmap_images": profile.heatmap_images,
-                    "openvino": openvino,
-                    "openvino_precisions": list(profile.openvino_precisions),
-                }
-                jobs.append(job)
+                base = _make_job(name, dataset, category, profile, epochs, steps, curve_steps, data_args)
+                if base.spec:
+                    base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
+                for seed in seeds:
+                    spec = {**base.spec, "seed": seed} if base.spec else {}
+                    jobs.append(dataclasses.replace(base, seed=seed, spec=spec))
     return jobs
+
+
+def _make_job(
+    name: str,
+    dataset: str,
+    category: str,
+    profile: Profile,
+    epochs: int | dict[str, int] | None,
+    steps: int | dict[str, int] | None,
+    curve_steps: list[int] | None,
+    data_args: dict[str, Any] | None,
+) -> Job:
+    """The job of a model on a category, without seed (its ``error`` set when it cannot be resolved)."""
+    job = Job(model=name, dataset=dataset.rpartition(".")[2], category=category, profile=profile.name)
+    try:
+        model = resolve_model(name, profile, _per_model(epochs, name), _per_model(steps, name))
+        data = resolve_data(dataset, category, profile, {**model.data_args, **(data_args or {})})
+    except Exception as error:  # noqa: BLE001  (recorded as the job's error)
+        job.error = f"{type(error).__name__}: {error}"
+        return job
+    job.model = model.name
+    max_epochs, max_steps = model.max_epochs, model.max_steps
+    if curve_steps:
+        max_epochs, max_steps = -1, max(curve_steps)
+    job.spec = {
+        "model": asdict(model),
+        "code": code_fingerprint(model.class_path, model.config),
+        "data": asdict(data),
+        "data_code": data_fingerprint(data.class_path),
+        "image_size": profile.image_size,
+        "offline_backbones": profile.offline_backbones,
+        "max_epochs": max_epochs,
+        "max_steps": max_steps,
+        "curve_steps": sorted(set(curve_steps)) if curve_steps else None,
+        "max_train_images": profile.max_train_images,
+        "coreset_max_patches": profile.coreset_max_patches,
+        "batch_sizes": list(profile.latency_batch_sizes),
+        "warmup": profile.warmup,
+        "repeats": profile.repeats,
+        "heatmap_images": profile.heatmap_images,
+        "openvino_precisions": list(profile.openvino_precisions),
+    }
+    return job
 
 
 def load_record(path: Path) -> dict[str, Any] | None:
@@ -211,7 +245,13 @@ class Runner:
 
     def run_one(self, job: Job, info: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run one job in a worker process and store its record."""
-        identity = {"model": job.model, "dataset": job.dataset, "category": job.category, "profile": job.profile}
+        identity = {
+            "model": job.model,
+            "dataset": job.dataset,
+            "category": job.category,
+            "profile": job.profile,
+            "seed": job.seed,
+        }
         errors_dir = self.output / "errors"
         if job.error is not None:
             record = failure_record(job, job.error, job.error + "\n", errors_dir)
@@ -363,14 +403,16 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_run_info(output: Path, profile: Profile, seed: int, threads: int, argv: list[str], **extra: Any) -> Path:
-    """Write ``run.json``: command, profile, seed, threads, versions, hardware and ``extra``."""
+def write_run_info(
+    output: Path, profile: Profile, seeds: list[int], threads: int, argv: list[str], **extra: Any
+) -> Path:
+    """Write ``run.json``: command, profile, seeds, threads, versions, hardware and ``extra``."""
     path = Path(output) / "run.json"
     previous = load_record(path) or {}
     info = {
         "command": "python -m benchmarks " + " ".join(argv),
         "profile": profile_dict(profile),
-        "seed": seed,
+        "seeds": list(seeds),
         "torch_threads": threads,
         **environment(),
         **extra,

@@ -15,7 +15,6 @@ keeps the numbers measured so far (``export_error`` for the export steps).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch import Callback
 
 from anomalib_ext.models.defaults import RANKING_METRICS, THRESHOLDED_METRICS, default_evaluator
 
@@ -42,7 +42,10 @@ def _import(class_path: str) -> Any:
 
 
 def instantiate(value: Any) -> Any:
-    """Instantiate ``{"class_path": ..., "init_args": {...}}`` values recursively (jsonargparse's form)."""
+    """Instantiate ``{"class_path": ..., "init_args": {...}}`` values recursively (jsonargparse's form).
+
+    Used for the ``trainer:`` section of a config (callbacks); models are built by :func:`build_model`.
+    """
     if isinstance(value, dict) and "class_path" in value:
         cls = _import(value["class_path"])
         return cls(**{k: instantiate(v) for k, v in (value.get("init_args") or {}).items()})
@@ -53,29 +56,119 @@ def instantiate(value: Any) -> Any:
     return value
 
 
-def _accepts(cls: type, name: str) -> bool:
-    parameters = inspect.signature(cls.__init__).parameters
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+def model_arguments(section: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """Class and instantiated init arguments of a config's ``model:`` section, parsed as anomalib's CLI does.
+
+    jsonargparse resolves ``class_path`` among anomalib's models (a short name such as ``Padim`` works),
+    checks every init argument against the class's signature and types (a config the CLI rejects fails
+    here with jsonargparse's message), and instantiates nested ``class_path`` values (pre-processor,
+    transforms). The model itself is left to the caller, which adds the harness's components.
+
+    Raises:
+        ValueError: The section does not parse (unknown argument, wrong type, unknown class).
+    """
+    from anomalib.models import AnomalibModule
+    from jsonargparse import ArgumentParser
+
+    import anomalib_ext  # noqa: F401  (registers our models with anomalib)
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(AnomalibModule, "model", required=True)
+    try:
+        parsed = parser.parse_object({"model": section})
+        cls = _import(parsed.model.class_path)
+        arguments = ArgumentParser(exit_on_error=False)
+        arguments.add_class_arguments(cls, "model", instantiate=False, fail_untyped=False)
+        init = arguments.instantiate_classes(arguments.parse_object({"model": parsed.model.init_args.as_dict()}))
+    except Exception as error:  # jsonargparse raises ArgumentError and others
+        msg = f"Model section {section.get('class_path')!r} does not parse as anomalib's CLI reads it: {error}"
+        raise ValueError(msg) from error
+    return cls, dict(vars(init.model))
 
 
 def build_model(job: dict[str, Any]) -> Any:
-    """The model of ``job`` with the benchmark's evaluator, no visualizer and the profile's input size."""
+    """The model of ``job``: its ``model:`` section plus the harness's components.
+
+    Every model gets the package's evaluator, anomalib_ext's order-preserving post-processor (ranking
+    metrics see no clamping ties) and no visualizer; anomalib's built-ins also get the profile's
+    input size. Built-ins are constructed with offline backbones under the ``cpu`` profile.
+    """
+    from anomalib_ext.post_processing import OrderPreservingPostProcessor
     from benchmarks.profiles import offline_backbones
 
-    cls = _import(job["model"]["class_path"])
-    kwargs = instantiate(job["model"]["init_args"])
-    if _accepts(cls, "evaluator"):
-        kwargs["evaluator"] = default_evaluator()
-    if _accepts(cls, "visualizer"):
-        kwargs.setdefault("visualizer", False)
+    section = {"class_path": job["model"]["class_path"], "init_args": job["model"]["init_args"]}
+    cls, kwargs = model_arguments(section)
+    kwargs["evaluator"] = default_evaluator()
+    kwargs["post_processor"] = OrderPreservingPostProcessor()
+    kwargs["visualizer"] = False
     image_size = job["image_size"]
     ours = job["model"]["ours"]
-    # our cpu configs set their own input size and pre-processor; anomalib's built-ins get the profile's
-    if image_size and not ours and _accepts(cls, "pre_processor") and "pre_processor" not in kwargs:
+    # our configs set their own input size and pre-processor; anomalib's built-ins get the profile's
+    if image_size and not ours and kwargs.get("pre_processor", True) is True:
         kwargs["pre_processor"] = cls.configure_pre_processor(image_size=(image_size, image_size))
     context = offline_backbones() if job["offline_backbones"] and not ours else contextlib.nullcontext()
     with context:
         return cls(**kwargs)
+
+
+def validation_reason(model: Any, trainer_args: dict[str, Any]) -> str | None:
+    """Why the model needs a validation pass during training, or ``None`` when it does not.
+
+    The harness's metrics are threshold-free, so validation is skipped unless a callback the model
+    configures (``configure_callbacks``) or the config's ``trainer.callbacks`` lists monitors a
+    quantity that only validation produces (``monitor`` not starting with ``train``), e.g. N2N's
+    best-epoch checkpoint on ``val_loss`` or an early stopping on a validation metric.
+    """
+    callbacks = list(trainer_args.get("callbacks") or [])
+    with contextlib.suppress(Exception):  # a model may need its trainer to list callbacks
+        configured = model.configure_callbacks()
+        callbacks += list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    for callback in callbacks:
+        if isinstance(callback, dict):
+            monitor = (callback.get("init_args") or {}).get("monitor")
+            name = str(callback.get("class_path", "callback")).rpartition(".")[2]
+        else:
+            monitor = getattr(callback, "monitor", None)
+            name = type(callback).__name__
+        if monitor and not str(monitor).startswith("train"):
+            return f"{name} monitors {monitor!r}"
+    return None
+
+
+class CoresetPatchLimit(Callback):
+    """Seeded random subsample of PatchCore's training patches before anomalib's greedy coreset search.
+
+    Lightning calls the callbacks' ``on_train_epoch_end`` before the module's, where anomalib's
+    PatchCore runs ``fit`` (the greedy search over ``model.embedding_store``). This keeps at most
+    ``max_patches`` rows of the stored embeddings, drawn with ``seed``; models without an
+    ``embedding_store`` are untouched. ``patches_before`` records how many there were.
+
+    Args:
+        max_patches: Most patches passed to the greedy search.
+        seed: Seed of the draw.
+    """
+
+    def __init__(self, max_patches: int, seed: int) -> None:
+        self.max_patches = max_patches
+        self.seed = seed
+        self.patches_before: int | None = None
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Replace the stored embeddings by a random subsample of at most ``max_patches`` rows."""
+        import torch
+
+        del trainer
+        store = getattr(getattr(pl_module, "model", None), "embedding_store", None)
+        if not isinstance(store, list) or not store:
+            return
+        embedding = torch.vstack(store)
+        self.patches_before = len(embedding)
+        if len(embedding) > self.max_patches:
+            generator = torch.Generator().manual_seed(self.seed)
+            keep = torch.randperm(len(embedding), generator=generator)[: self.max_patches]
+            embedding = embedding[keep.sort().values]
+        store.clear()
+        store.append(embedding)
 
 
 def build_datamodule(job: dict[str, Any], seed: int) -> Any:
@@ -127,7 +220,7 @@ def heatmap_images(datamodule: Any, count: int) -> tuple[Any, list[str]]:
 
 
 class ProgressFile:
-    """Writes the job's stage, epoch and batch to a small JSON file the runner polls for its display."""
+    """Writes the job's stage, epoch, step and batch to a small JSON file the runner polls for its display."""
 
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
@@ -143,10 +236,8 @@ class ProgressFile:
         tmp.write_text(json.dumps({"stage": stage, **info}))
         tmp.replace(self.path)
 
-    def callback(self) -> Any:
-        """A Lightning callback reporting epochs and batches of training and testing."""
-        from lightning.pytorch import Callback
-
+    def callback(self) -> Callback:
+        """A Lightning callback reporting epochs, steps and batches of training and testing."""
         progress = self
 
         class _Callback(Callback):
@@ -157,6 +248,8 @@ class ProgressFile:
                     force=False,
                     epoch=trainer.current_epoch + 1,
                     max_epochs=trainer.max_epochs,
+                    step=int(trainer.global_step),
+                    max_steps=trainer.max_steps,
                     batch=int(batch) + 1,
                     batches=int(trainer.num_training_batches),
                 )
@@ -176,14 +269,24 @@ def save_partial(job: dict[str, Any], record: dict[str, Any]) -> None:
     path.write_text(json.dumps({**record, "error": record.get("error")}, indent=2, default=str))
 
 
+def trainer_arguments(job: dict[str, Any], artifacts: Path) -> dict[str, Any]:
+    """Engine (Trainer) arguments of ``job``: the config's trainer section and the job's schedule."""
+    arguments = {key: instantiate(value) for key, value in job["model"].get("trainer_args", {}).items()}
+    for key in ("max_epochs", "max_steps"):
+        if job.get(key) is not None:
+            arguments[key] = job[key]
+    arguments.update({"default_root_dir": artifacts, "accelerator": "cpu", "devices": 1})
+    return arguments
+
+
 def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     """Run ``job``, filling ``record`` as measurements arrive (so a crash keeps what was measured)."""
     import torch
-    from anomalib.deploy import ExportType
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     from benchmarks import measure
+    from benchmarks.curve import LearningCurve
 
     threads = job["threads"]
     torch.set_num_threads(threads)
@@ -196,31 +299,53 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     datamodule = build_datamodule(job, job["seed"])
     record["train_images"] = len(datamodule.train_data)
     record["test_images"] = len(datamodule.test_data)
+    record["max_train_images"] = job.get("max_train_images")
     model = build_model(job)
     size = input_size(model, job)
     record["input_size"] = size[0]
 
-    trainer_args = {
-        **job["model"].get("trainer_args", {}),
-        "max_epochs": job["max_epochs"],
-        "default_root_dir": artifacts,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
+    trainer_args = trainer_arguments(job, artifacts)
+    reason = validation_reason(model, trainer_args)
+    record["validation"] = reason or "skipped"
+    if reason is None:
+        trainer_args.update({"limit_val_batches": 0, "num_sanity_val_steps": 0})
+    callbacks: list[Callback] = [progress.callback()]
+    coreset = None
+    if job.get("coreset_max_patches") and hasattr(getattr(model, "model", None), "embedding_store"):
+        coreset = CoresetPatchLimit(job["coreset_max_patches"], job["seed"])
+        callbacks.append(coreset)
+    curve = None
+    if job.get("curve_steps"):
+
+        def on_point(point: dict[str, Any]) -> None:
+            record.setdefault("curve", []).append(point)
+            save_partial(job, record)
+            progress.write("curve", step=point["step"])
+
+        curve = LearningCurve(job["curve_steps"], datamodule.test_dataloader, on_point=on_point)
+        callbacks.append(curve)
     engine = Engine(
         **trainer_args,
         logger=False,
         enable_progress_bar=job.get("progress_bar", True),
         deterministic="warn",
-        callbacks=[progress.callback()],
+        callbacks=callbacks,
     )
     start = time.perf_counter()
     with measure.PeakMemory() as memory:
         engine.fit(model=model, datamodule=datamodule)
-    record["train_time_s"] = time.perf_counter() - start
+    fit_time = time.perf_counter() - start
+    record["train_time_s"] = fit_time - (curve.eval_time_s if curve else 0.0)
     record["train_peak_mem_mb"] = memory.peak / measure.MIB
     record["memory_method"] = memory.method
     record["epochs"] = int(engine.trainer.current_epoch)
+    record["steps"] = int(engine.trainer.global_step)
+    if curve is not None:
+        record["curve"] = curve.points
+        record["curve_eval_time_s"] = curve.eval_time_s
+    if coreset is not None:
+        record["coreset_patches"] = coreset.patches_before
+        record["coreset_max_patches"] = coreset.max_patches
 
     save_partial(job, record)
     start = time.perf_counter()
@@ -230,6 +355,10 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     for name in METRIC_NAMES:
         value = metrics.get(name)
         record[name] = float(value) if value is not None else None
+    if reason is None:
+        # no validation pass: the post-processor found no thresholds, so thresholded labels mean nothing
+        for name in THRESHOLDED_METRICS:
+            record[name] = None
 
     checkpoint = artifacts / "model.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
@@ -247,28 +376,80 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
         record[f"torch_b{batch}_peak_mem_mb"] = stats["peak_mem_mb"]
 
     if job["heatmap_images"]:
-        (images, masks), paths = heatmap_images(datamodule, job["heatmap_images"])
-        with torch.inference_mode():
-            output = model(images)
-        maps = output.anomaly_map
-        if maps is not None:
-            maps = torch.nn.functional.interpolate(maps.reshape(len(images), 1, *maps.shape[-2:]), size=size)[:, 0]
-            images = torch.nn.functional.interpolate(images, size=size)
-            masks = torch.nn.functional.interpolate(masks[:, None], size=size)[:, 0]
-            np.savez_compressed(
-                artifacts / "heatmaps.npz",
-                images=images.numpy().astype(np.float16),
-                masks=masks.numpy().astype(np.uint8),
-                maps=maps.float().numpy().astype(np.float16),
-                scores=output.pred_score.float().reshape(-1).numpy(),
-                paths=np.array(paths),
-            )
-            record["heatmaps"] = str(artifacts / "heatmaps.npz")
+        save_heatmaps(model, datamodule, job["heatmap_images"], size, artifacts, record)
 
     if not job["openvino"]:
         return
     save_partial(job, record)
-    progress.write("export (OpenVINO)")
+    export_openvino(engine, model, datamodule, job, size, artifacts, record, progress)
+
+
+def save_heatmaps(
+    model: Any, datamodule: Any, count: int, size: tuple[int, int], artifacts: Path, record: dict[str, Any]
+) -> None:
+    """Save the anomaly maps of the first ``count`` defective test images (raw, unnormalised) for the grid."""
+    import torch
+
+    if not (datamodule.test_data.samples["label_index"] == 1).any():
+        return
+    (images, masks), paths = heatmap_images(datamodule, count)
+    with torch.inference_mode():
+        output = model(images)
+    maps = output.anomaly_map
+    if maps is None:
+        return
+    maps = torch.nn.functional.interpolate(maps.reshape(len(images), 1, *maps.shape[-2:]).float(), size=size)[:, 0]
+    images = torch.nn.functional.interpolate(images, size=size)
+    masks = torch.nn.functional.interpolate(masks[:, None], size=size)[:, 0]
+    np.savez_compressed(
+        artifacts / "heatmaps.npz",
+        images=images.numpy().astype(np.float16),
+        masks=masks.numpy().astype(np.uint8),
+        maps=maps.numpy().astype(np.float32),
+        scores=output.pred_score.float().reshape(-1).numpy(),
+        paths=np.array(paths),
+    )
+    record["heatmaps"] = str(artifacts / "heatmaps.npz")
+
+
+def write_accuracy_probe(datamodule: Any, path: Path) -> Path:
+    """The test images' paths and labels, for the OpenVINO accuracy check (JSON)."""
+    samples = datamodule.test_data.samples
+    path.write_text(
+        json.dumps({"paths": samples["image_path"].astype(str).tolist(), "labels": samples["label_index"].tolist()})
+    )
+    return path
+
+
+def calibration_datamodule(datamodule: Any) -> Any:
+    """A copy of ``datamodule`` whose validation loader yields the training images.
+
+    anomalib's ``INT8_PTQ`` export calibrates on ``datamodule.val_dataloader()``, which is the test
+    set under anomalib's default ``val_split_mode``; the copy keeps test images out of the calibration.
+    """
+    import copy
+
+    calibration = copy.copy(datamodule)
+    calibration.val_data = datamodule.train_data
+    return calibration
+
+
+def export_openvino(
+    engine: Any,
+    model: Any,
+    datamodule: Any,
+    job: dict[str, Any],
+    size: tuple[int, int],
+    artifacts: Path,
+    record: dict[str, Any],
+    progress: ProgressFile,
+) -> None:
+    """Export to OpenVINO (f32; with ``job["int8"]`` also FP16 and INT8_PTQ) and measure each IR."""
+    import torch
+    from anomalib.deploy import CompressionType, ExportType
+
+    from benchmarks import measure
+
     try:
         xml = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=artifacts, input_size=size)
         record["openvino_bin_mb"] = measure.file_mb(Path(xml).with_suffix(".bin"))
@@ -277,25 +458,52 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
             reference = model(probe).pred_score.float().reshape(-1).numpy()
         probe_file = artifacts / "parity_probe.npz"
         np.savez(probe_file, images=probe.numpy(), scores=reference)
+        accuracy_file = write_accuracy_probe(datamodule, artifacts / "accuracy_probe.json") if job.get("int8") else None
+        common = {
+            "threads": job["threads"],
+            "image_size": size,
+            "batch_sizes": job["batch_sizes"],
+            "warmup": job["warmup"],
+            "repeats": job["repeats"],
+            "probe_file": probe_file,
+            "timeout_s": job.get("openvino_timeout_s", 300),
+        }
         for precision in job["openvino_precisions"]:
             progress.write(f"latency (OpenVINO {precision})")
             save_partial(job, record)
-            result = measure.openvino_in_subprocess(
-                xml,
-                precision,
-                threads=threads,
-                image_size=size,
-                batch_sizes=job["batch_sizes"],
-                warmup=job["warmup"],
-                repeats=job["repeats"],
-                probe_file=probe_file,
-                timeout_s=job.get("openvino_timeout_s", 300),
-            )
+            accuracy = accuracy_file if precision == "f32" else None
+            result = measure.openvino_in_subprocess(xml, precision, accuracy_file=accuracy, **common)
             record.update({f"ov_{precision}_{key}": value for key, value in result.items()})
     except Exception as error:  # noqa: BLE001  (any export failure is recorded, the torch numbers stay)
         record["export_error"] = f"{type(error).__name__}: {error}"[:300]
         Path(job["export_traceback"]).parent.mkdir(parents=True, exist_ok=True)
         Path(job["export_traceback"]).write_text(traceback.format_exc())
+        return
+    if not job.get("int8"):
+        return
+    for label, compression in (("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ)):
+        progress.write(f"export (OpenVINO {label})")
+        save_partial(job, record)
+        try:
+            compressed = engine.export(
+                model=model,
+                export_type=ExportType.OPENVINO,
+                export_root=artifacts / label,
+                input_size=size,
+                compression_type=compression,
+                datamodule=calibration_datamodule(datamodule) if compression is CompressionType.INT8_PTQ else None,
+            )
+            record[f"ov_{label}_bin_mb"] = measure.file_mb(Path(compressed).with_suffix(".bin"))
+            progress.write(f"latency (OpenVINO {label})")
+            result = measure.openvino_in_subprocess(compressed, "f32", accuracy_file=accuracy_file, **common)
+            if "error" in result:
+                record[f"ov_{label}_error"] = result.pop("error")
+            record.update({f"ov_{label}_{key}": value for key, value in result.items()})
+        except Exception as error:  # noqa: BLE001  (recorded; the job's other numbers stand)
+            record[f"ov_{label}_error"] = f"{type(error).__name__}: {error}"[:300]
+            path = Path(job["export_traceback"]).with_suffix(f".{label}.txt")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(traceback.format_exc())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,44 +1,91 @@
-"""Profiles of the benchmark harness: names resolve to models, datasets and categories."""
+"""Profiles of the benchmark harness: names resolve to models, datasets, categories and schedules."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
-from benchmarks.__main__ import parse_categories, parse_epochs
-from benchmarks.profiles import CONFIG_DIR, PROFILES, resolve_data, resolve_model
+from benchmarks.__main__ import check_model_names, parse_categories, parse_per_model, parse_seeds, parse_steps
+from benchmarks.profiles import (
+    CONFIG_DIR,
+    PROFILES,
+    default_categories,
+    our_models,
+    resolve_data,
+    resolve_model,
+    schedule,
+)
+from benchmarks.runner import make_jobs
 
 
-def test_cpu_profile_gives_anomalib_builtins_the_offline_backbone_and_bounded_patchcore():
-    padim = resolve_model("padim", PROFILES["cpu"])
+def test_cpu_profile_gives_anomalib_builtins_the_offline_backbone_at_256_px():
+    cpu = PROFILES["cpu"]
+    assert cpu.image_size == 256
+    assert cpu.demo_image_size == 256
+    assert cpu.max_train_images is None  # no hidden cap: --max-train-images sets one
+    padim = resolve_model("padim", cpu)
     assert padim.class_path == "anomalib.models.Padim"
     assert padim.init_args["backbone"] == "efficientnet_lite0"
-    assert padim.max_epochs == 1  # PaDiM's own single pass
-    patchcore = resolve_model("Patchcore", PROFILES["cpu"])
-    assert patchcore.init_args["coreset_sampling_ratio"] <= 0.01
-    stfpm = resolve_model("Stfpm", PROFILES["cpu"])
-    assert stfpm.max_epochs == PROFILES["cpu"].max_epochs
-    assert stfpm.trainer_args == {"check_val_every_n_epoch": stfpm.max_epochs}
+    assert (padim.max_epochs, padim.max_steps) == (1, None)  # PaDiM's own single pass, whatever is asked
+    assert resolve_model("Padim", cpu, epochs=5).max_epochs == 1
+
+
+def test_cpu_profile_bounds_patchcores_coreset():
+    cpu = PROFILES["cpu"]
+    patchcore = resolve_model("Patchcore", cpu)
+    assert patchcore.init_args["coreset_sampling_ratio"] * cpu.coreset_max_patches <= 5_000
+    assert (patchcore.max_epochs, patchcore.max_steps) == (1, None)
+
+
+def test_trained_builtins_take_the_schedule_given_without_a_hidden_cap():
+    cpu = PROFILES["cpu"]
+    assert resolve_model("Stfpm", cpu).max_epochs == cpu.default_epochs
+    assert resolve_model("Stfpm", cpu, epochs=40).max_epochs == 40
+    stfpm = resolve_model("Stfpm", cpu, steps=500)
+    assert (stfpm.max_epochs, stfpm.max_steps) == (-1, 500)
+    assert stfpm.trainer_args == {}
 
 
 def test_paper_profile_keeps_anomalib_defaults():
     patchcore = resolve_model("Patchcore", PROFILES["paper"])
     assert patchcore.init_args == {}
+    assert PROFILES["paper"].coreset_max_patches is None
+
+
+def test_schedule_command_line_replaces_the_config_schedule():
+    assert schedule(10, None, None, None, 3) == (10, None)
+    assert schedule(None, 300, None, None, 3) == (-1, 300)
+    assert schedule(None, None, None, None, 3) == (3, None)
+    assert schedule(10, None, None, 200, 3) == (-1, 200)
+    assert schedule(None, 300, 4, None, 3) == (4, None)
+    assert schedule(10, None, 4, 200, 3) == (4, 200)
+
+
+def test_our_models_come_from_the_registry():
+    from anomalib_ext.registry import registered_models
+
+    assert our_models() == {name.lower(): name for name in registered_models()}
 
 
 @pytest.mark.skipif(not (CONFIG_DIR / "mldfr_cpu.yaml").is_file(), reason="MLDFR's cpu config not written yet")
-def test_our_model_is_read_from_its_cpu_config():
+def test_our_model_is_read_from_its_cpu_config_with_its_schedule():
     spec = resolve_model("MLDFR", PROFILES["cpu"])
     assert spec.ours
     assert spec.class_path == "anomalib_ext.models.MLDFR"
     assert spec.config == "configs/model/mldfr_cpu.yaml"
     assert "max_epochs" not in spec.trainer_args
-    assert resolve_model("MLDFR", PROFILES["cpu"], epochs=2).max_epochs == 2
+    assert "max_steps" not in spec.trainer_args
+    assert spec.max_epochs is not None or spec.max_steps is not None
+    assert resolve_model("mldfr", PROFILES["cpu"], epochs=2).max_epochs == 2
+    assert (resolve_model("mldfr", PROFILES["cpu"], steps=300).max_steps, spec.section["class_path"]) == (
+        300,
+        "anomalib_ext.models.MLDFR",
+    )
 
 
 @pytest.mark.skipif(not (CONFIG_DIR / "smcc_cpu.yaml").is_file(), reason="SMCC's cpu config not written yet")
 def test_a_model_gets_the_batch_size_it_needs():
-    from benchmarks.runner import make_jobs
-
     jobs = make_jobs(["smcc", "Padim"], ["DemoTextures"], {"DemoTextures": ["brick"]}, PROFILES["cpu"])
     smcc, padim = (job.spec["data"]["init_args"]["train_batch_size"] for job in jobs)
     assert smcc == 16  # SMCC's batch must hold its memory_bank_images
@@ -55,14 +102,17 @@ def test_unknown_model_and_dataset_are_rejected_with_the_name():
 def test_datasets_resolve_to_anomalib_or_our_datamodules():
     demo = resolve_data("DemoTextures", "brick", PROFILES["cpu"])
     assert demo.class_path == "anomalib_ext.data.DemoTextures"
-    assert demo.init_args["image_size"] == 128
+    assert demo.init_args["image_size"] == 256
+    assert demo.init_args["root"] == "./datasets/demo_textures_256"
+    assert resolve_data("ELPV", "poly", PROFILES["cpu"]).class_path == "anomalib_ext.data.ELPV"
     mvtec = resolve_data("MVTecAD", "bottle", PROFILES["cpu"], {"root": "/data/mvtec"})
     assert mvtec.class_path == "anomalib.data.MVTecAD"
     assert mvtec.init_args["root"] == "/data/mvtec"
 
 
-def test_categories_default_to_the_demo_generator_and_parse_per_dataset():
+def test_categories_default_to_the_datamodules_own_and_parse_per_dataset():
     assert parse_categories(None, ["DemoTextures"]) == {"DemoTextures": ["brick", "grass", "gravel"]}
+    assert default_categories("ELPV") == ["mono", "poly"]
     assert parse_categories("brick", ["DemoTextures"]) == {"DemoTextures": ["brick"]}
     chosen = parse_categories("MVTecAD:bottle+cable;DemoTextures:grass", ["MVTecAD", "DemoTextures"])
     assert chosen == {"MVTecAD": ["bottle", "cable"], "DemoTextures": ["grass"]}
@@ -70,12 +120,43 @@ def test_categories_default_to_the_demo_generator_and_parse_per_dataset():
         parse_categories(None, ["MVTecAD"])
 
 
-def test_epochs_apply_to_every_model_or_per_model():
-    from benchmarks.runner import make_jobs
-
-    assert parse_epochs(None) is None
-    assert parse_epochs("4") == 4
-    assert parse_epochs("N2N=6, stfpm=2") == {"n2n": 6, "stfpm": 2}
+def test_schedules_apply_to_every_model_or_per_model():
+    assert parse_per_model(None) is None
+    assert parse_per_model("4") == 4
+    assert parse_per_model("N2N=6, stfpm=2") == {"n2n": 6, "stfpm": 2}
     categories = {"DemoTextures": ["brick"]}
     jobs = make_jobs(["Stfpm", "Draem"], ["DemoTextures"], categories, PROFILES["cpu"], epochs={"stfpm": 2})
-    assert [job.spec["max_epochs"] for job in jobs] == [2, PROFILES["cpu"].max_epochs]
+    assert [job.spec["max_epochs"] for job in jobs] == [2, PROFILES["cpu"].default_epochs]
+    jobs = make_jobs(["Stfpm", "Padim"], ["DemoTextures"], categories, PROFILES["cpu"], steps={"stfpm": 50})
+    assert [(job.spec["max_epochs"], job.spec["max_steps"]) for job in jobs] == [(-1, 50), (1, None)]
+
+
+def test_bad_schedules_steps_and_names_fail_with_the_option_and_value():
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--max-steps expects positive integers, got 'x' for mldfr"):
+        parse_per_model("mldfr=x", "--max-steps")
+    with pytest.raises(argparse.ArgumentTypeError, match="--max-epochs expects N or name=N"):
+        parse_per_model("mldfr=3,stfpm", "--max-epochs")
+    with pytest.raises(argparse.ArgumentTypeError, match="--curve-steps"):
+        parse_steps("50,0")
+    assert parse_steps("400,50,100,50") == [50, 100, 400]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--max-steps names fmgrd, which is not in --models"):
+        check_model_names({"--max-steps": {"fmgrd": 3}}, ["Padim", "mldfr"])
+    check_model_names({"--max-steps": {"mldfr": 3, "padim": 2}}, ["Padim", "MLDFR"])
+
+
+def test_seeds_give_one_job_each_with_the_seed_in_key_and_settings():
+    assert parse_seeds("0,1,2", 7) == [0, 1, 2]
+    assert parse_seeds(None, 7) == [7]
+    jobs = make_jobs(["Padim"], ["DemoTextures"], {"DemoTextures": ["brick"]}, PROFILES["cpu"], seeds=[0, 1, 2])
+    assert [job.seed for job in jobs] == [0, 1, 2]
+    assert [job.spec["seed"] for job in jobs] == [0, 1, 2]
+    assert [job.key for job in jobs] == [f"cpu__DemoTextures__brick__Padim__s{seed}" for seed in (0, 1, 2)]
+    assert len({job.settings for job in jobs}) == 3
+
+
+def test_curve_mode_trains_every_model_for_the_last_step():
+    jobs = make_jobs(
+        ["Stfpm"], ["DemoTextures"], {"DemoTextures": ["brick"]}, PROFILES["cpu"], curve_steps=[100, 50, 400]
+    )
+    assert (jobs[0].spec["max_epochs"], jobs[0].spec["max_steps"]) == (-1, 400)
+    assert jobs[0].spec["curve_steps"] == [50, 100, 400]

@@ -44,13 +44,14 @@ def fake_python(tmp_path: Path) -> str:
     return str(launcher)
 
 
-def make_job(model: str, epochs: int = 1) -> Job:
+def make_job(model: str, epochs: int = 1, seed: int = 0) -> Job:
     return Job(
         model=model,
         dataset="Toy",
         category="a",
         profile="cpu",
-        spec={"model": {"name": model, "config": None}, "max_epochs": epochs},
+        seed=seed,
+        spec={"model": {"name": model, "config": None}, "max_epochs": epochs, "seed": seed},
     )
 
 
@@ -135,3 +136,16 @@ def test_a_job_that_cannot_be_built_is_recorded_without_a_worker(tmp_path: Path,
     assert record["error"] == job.error
     assert calls(tmp_path / "run") == []
     assert json.loads((tmp_path / "run" / "records" / f"{job.key}.json").read_text())["model"] == "Unknown"
+
+
+def test_each_seed_is_a_job_of_its_own_and_resumes_on_its_own(tmp_path: Path, fake_python: str):
+    output = tmp_path / "run"
+    first = Runner(output, python=fake_python).run([make_job("A", seed=0), make_job("A", seed=1)])
+    assert [record["seed"] for record in first] == [0, 1]
+    assert calls(output) == ["A", "A"]
+    assert sorted(path.name for path in (output / "records").glob("*.json")) == [
+        "cpu__Toy__a__A__s0.json",
+        "cpu__Toy__a__A__s1.json",
+    ]
+    Runner(output, python=fake_python).run([make_job("A", seed=0), make_job("A", seed=1), make_job("A", seed=2)])
+    assert calls(output) == ["A", "A", "A"]  # only the new seed ran
