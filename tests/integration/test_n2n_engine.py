@@ -28,7 +28,16 @@ PARITY_ATOL = 1e-4
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("n2n_engine")
     data_root = make_fake_mvtec(root / "data", image_size=SIZE, n_train=8, n_test_good=2, n_test_defect=2)
-    datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule = MVTecAD(
+        root=data_root,
+        category="toy",
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        val_split_mode="from_train",  # the paper's protocol; the test set never picks the epoch
+        val_split_ratio=0.25,
+        seed=0,
+    )
     model = N2N(**TINY)
     engine = Engine(max_epochs=1, default_root_dir=root / "results", accelerator="cpu", devices=1)
     engine.fit(model, datamodule=datamodule)
@@ -117,6 +126,10 @@ def test_cli_trains_by_short_name(trained: dict, tmp_path: Path) -> None:
         str(trained["data_root"]),
         "--data.category",
         "toy",
+        "--data.val_split_mode",
+        "from_train",
+        "--data.val_split_ratio",
+        "0.25",
         "--data.train_batch_size",
         "4",
         "--data.eval_batch_size",
@@ -141,8 +154,17 @@ def test_cli_trains_by_short_name(trained: dict, tmp_path: Path) -> None:
 def test_checkpoint_on_disk_is_the_restored_best_epoch(tmp_path: Path) -> None:
     # A24: fit ends on the best val_loss epoch; the Engine's checkpoint must hold that same model,
     # or an export from it would differ from the model that was tested.
-    data_root = make_fake_mvtec(tmp_path / "data", image_size=32, n_train=4, n_test_good=2, n_test_defect=2)
-    datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    data_root = make_fake_mvtec(tmp_path / "data", image_size=32, n_train=6, n_test_good=2, n_test_defect=2)
+    datamodule = MVTecAD(
+        root=data_root,
+        category="toy",
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        val_split_mode="from_train",
+        val_split_ratio=0.34,
+        seed=0,
+    )
     model = N2N(image_size=(32, 32), base_channels=8, lr=1e-2, early_stopping_patience=0)
     engine = Engine(max_epochs=4, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
     engine.fit(model, datamodule=datamodule)

@@ -37,6 +37,7 @@ import torch
 from anomalib import LearningType
 from anomalib.callbacks.checkpoint import ModelCheckpoint
 from anomalib.data import Batch
+from anomalib.data.utils import ValSplitMode
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -50,6 +51,7 @@ from anomalib_ext.augment import rank_generator
 from anomalib_ext.models.defaults import pro_evaluator
 from anomalib_ext.models.n2n.loss import N2NLoss
 from anomalib_ext.models.n2n.torch_model import N2NModel
+from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +264,15 @@ class N2N(AnomalibModule):
         self.restore_best_weights = restore_best_weights
         self._noise_generator: torch.Generator | None = None
 
+    def configure_post_processor(self) -> PostProcessor:
+        """The post-processor of anomalib with an order-preserving normalisation (no clamp, no ties).
+
+        With a normal-only validation split (``val_split_mode: from_train``, the paper's protocol)
+        anomalib's default clamps every score above the normal range to 1, so defect pixels tie
+        and pixel AUROC / AUPRO collapse; :class:`OrderPreservingPostProcessor` keeps their order.
+        """
+        return OrderPreservingPostProcessor()
+
     @staticmethod
     def configure_evaluator() -> Evaluator:
         """Anomalib's default metrics plus the papers' PRO (``AUPRO(fpr_limit=0.3)``)."""
@@ -293,6 +304,32 @@ class N2N(AnomalibModule):
                 ]
             ),
         )
+
+    def setup(self, stage: str) -> None:
+        """Before fitting: refuse to select the epoch on test images (A24, spec T12)."""
+        if stage == "fit":
+            self._check_selection_is_not_on_test_images()
+
+    def _selects_on_validation(self) -> bool:
+        selects = self.early_stopping_patience > 0 or self.restore_best_weights
+        return selects and self.early_stopping_monitor == "val_loss"
+
+    def _check_selection_is_not_on_test_images(self) -> None:
+        """Raise if early stopping or best-checkpoint selection would watch the test set."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        mode = getattr(datamodule, "val_split_mode", None)
+        if not self._selects_on_validation() or mode is None or mode != ValSplitMode.SAME_AS_TEST:
+            return
+        msg = (
+            f"N2N selects its epoch on val_loss (early_stopping_patience={self.early_stopping_patience}, "
+            f"restore_best_weights={self.restore_best_weights}) but the validation set of "
+            f"{type(datamodule).__name__} is its test set (val_split_mode='same_as_test', the default of "
+            "anomalib's MVTecAD-like datamodules): early stopping and the kept epoch would look at the test "
+            "images. Hold out normal training images as the paper does: --data.val_split_mode from_train "
+            "--data.val_split_ratio 0.2 --data.seed 42 (API: val_split_mode='from_train', val_split_ratio=0.2), "
+            "or train a fixed schedule: --model.early_stopping_patience 0 --model.restore_best_weights false."
+        )
+        raise ValueError(msg)
 
     def on_fit_start(self) -> None:
         """Seed the training-noise generator per rank (distinct noise on every DDP process)."""
