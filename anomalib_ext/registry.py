@@ -13,7 +13,9 @@ anomalib 2.7 finds models in two ways, and neither sees a third-party package on
 
 :func:`register` imports the models and datamodules, whitelists ``anomalib_ext.models`` and adds each
 datamodule (model) class to the ``anomalib.data`` (``anomalib.models``) namespace under its class name,
-never replacing a class anomalib has under that name (that case is warned about and skipped). It runs
+never replacing a class anomalib has under that name (that case is warned about and skipped), and,
+when the environment variable ``ANOMALIB_EXT_OFFLINE_BACKBONES=1`` is set, gives anomalib's own models
+their backbone weights through :mod:`anomalib_ext.backbones` (offline). It runs
 when ``anomalib_ext`` is imported; the CLI imports ``anomalib_ext`` through a start-up hook
 (``_anomalib_ext_autoload``, installed as a ``.pth`` file), so ``anomalib train --model MLDFR`` works in a
 new shell. ``docs/upstream.md`` proposes the entry-point group that would make this module unnecessary.
@@ -106,6 +108,7 @@ def register() -> None:
 
     Raises:
         TypeError: A model is not a direct ``AnomalibModule`` subclass, which ``get_model`` would miss.
+        ValueError: ``ANOMALIB_EXT_OFFLINE_BACKBONES`` has a value other than on/off words.
     """
     import anomalib.models
     from anomalib.models.components import AnomalibModule
@@ -117,3 +120,7 @@ def register() -> None:
     register_model_names()
     register_datamodules()
     anomalib.models.ALLOWED_MODULES.add(MODEL_PACKAGE)
+    # opt-in: anomalib's own models (PaDiM, PatchCore, ...) get their backbone weights offline too
+    from anomalib_ext.backbones import offline_anomalib_backbones_from_env
+
+    offline_anomalib_backbones_from_env()

@@ -44,7 +44,6 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -441,22 +440,11 @@ def profile_dict(profile: Profile) -> dict[str, Any]:
 def offline_backbones() -> Iterator[None]:
     """Build anomalib's models with :class:`anomalib_ext.backbones.FeatureExtractor` (offline weights).
 
-    Rebinds ``TimmFeatureExtractor`` in every imported ``anomalib.models`` module to our subclass
-    while the block runs, and restores it afterwards. anomalib's model code is not modified.
+    The package's public :func:`anomalib_ext.backbones.offline_anomalib_backbones`, with
+    ``truncate=True``: the built-ins stop at their deepest tap like this package's models, so both
+    sides of a comparison skip the same unused stages. anomalib's model code is not modified.
     """
-    from anomalib.models.components import TimmFeatureExtractor
+    from anomalib_ext.backbones import offline_anomalib_backbones
 
-    from anomalib_ext.backbones import FeatureExtractor
-
-    patched = []
-    for module_name, module in list(sys.modules.items()):
-        if module_name.startswith("anomalib.models") and getattr(module, "TimmFeatureExtractor", None) is (
-            TimmFeatureExtractor
-        ):
-            module.TimmFeatureExtractor = FeatureExtractor
-            patched.append(module)
-    try:
+    with offline_anomalib_backbones(truncate=True):
         yield
-    finally:
-        for module in patched:
-            module.TimmFeatureExtractor = TimmFeatureExtractor
