@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "max(steps) optimiser steps and is evaluated on the test set at each (for choosing schedules)",
     )
     parser.add_argument(
-        "--seeds", default=None, help="comma-separated seeds, one job per seed, e.g. 0,1,2 (default: --seed)"
+        "--seeds",
+        default=None,
+        help="seeds, one job per seed: 0,1,2 for every dataset, or per dataset 'DemoTextures:0+1+2;ELPV:0' "
+        "(datasets not named get --seed)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
     parser.add_argument(
@@ -203,15 +206,36 @@ def parse_steps(text: str | None) -> list[int] | None:
     return steps
 
 
-def parse_seeds(seeds: str | None, seed: int) -> list[int]:
-    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (order kept, duplicates dropped); without it ``[seed]``."""
+def parse_seeds(seeds: str | None, seed: int, datasets: list[str] | None = None) -> list[int] | dict[str, list[int]]:
+    """Seeds of the jobs: ``"0,1,2"`` -> ``[0, 1, 2]`` (order kept, duplicates dropped); without it ``[seed]``.
+
+    The per-dataset form ``"DemoTextures:0+1+2;ELPV:0"`` gives ``{dataset: seeds}`` for ``datasets``
+    (a dataset not named gets ``[seed]``).
+
+    Raises:
+        argparse.ArgumentTypeError: A seed is not an integer, or a dataset is not in ``datasets``.
+    """
     if not seeds:
         return [seed]
-    try:
-        return list(dict.fromkeys(int(part) for part in _split(seeds)))
-    except ValueError as error:
-        msg = f"--seeds expects comma-separated integers, got {seeds!r}"
-        raise argparse.ArgumentTypeError(msg) from error
+
+    def integers(text: str, separator: str) -> list[int]:
+        try:
+            return list(dict.fromkeys(int(part) for part in text.split(separator) if part.strip()))
+        except ValueError as error:
+            msg = f"--seeds expects integers, got {text!r} in {seeds!r}"
+            raise argparse.ArgumentTypeError(msg) from error
+
+    if ":" not in seeds:
+        return integers(seeds, ",")
+    chosen = {}
+    for part in seeds.split(";"):
+        dataset, _, values = part.partition(":")
+        dataset = dataset.strip()
+        if datasets is not None and dataset not in datasets:
+            msg = f"--seeds names dataset {dataset!r}, which is not in --datasets ({', '.join(datasets)})"
+            raise argparse.ArgumentTypeError(msg)
+        chosen[dataset] = integers(values, "+")
+    return {dataset: chosen.get(dataset, [seed]) for dataset in (datasets or chosen)}
 
 
 def check_model_names(overrides: dict[str, int | dict[str, int] | None], models: list[str]) -> None:
@@ -316,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs = parse_per_model(args.max_epochs, "--max-epochs")
         steps = parse_per_model(args.max_steps, "--max-steps")
         curve_steps = parse_steps(args.curve_steps)
-        seeds = parse_seeds(args.seeds, args.seed)
+        seeds = parse_seeds(args.seeds, args.seed, datasets)
         check_model_names({"--max-epochs": epochs, "--max-steps": steps}, models)
         categories = parse_categories(args.categories, datasets)
         data_args = _data_args(args.data_arg)
@@ -360,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         info = {"curve_steps": curve_steps, "started_at": started.isoformat(timespec="seconds")}
         write_run_info(output, profile, seeds, args.threads, argv, **info)
         console.print(
-            f"benchmark: {len(jobs)} jobs ({len(seeds)} seed(s)), profile {profile.name}, output {output}",
+            f"benchmark: {len(jobs)} jobs, seeds {seeds}, profile {profile.name}, output {output}",
             highlight=False,
         )
         with Display(len(jobs), console) as display:

@@ -144,6 +144,7 @@ class LearningCurve(Callback):
         self.on_point = on_point
         self.points: list[dict[str, Any]] = []
         self.eval_time_s = 0.0
+        self.eval_cpu_s = 0.0
         self._pending: list[int] = []
         self._started = 0.0
 
@@ -152,6 +153,7 @@ class LearningCurve(Callback):
         del trainer, pl_module
         self.points = []
         self.eval_time_s = 0.0
+        self.eval_cpu_s = 0.0
         self._pending = list(self.steps)
         self._started = time.perf_counter()
 
@@ -184,10 +186,11 @@ class LearningCurve(Callback):
 
     def _point(self, trainer: Trainer, pl_module: LightningModule, requested: int | None, epoch: float) -> None:
         train_time = time.perf_counter() - self._started - self.eval_time_s
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         metrics = evaluate(pl_module, self.batches())
         eval_time = time.perf_counter() - start
         self.eval_time_s += eval_time
+        self.eval_cpu_s += time.process_time() - start_cpu
         point = {
             "step": int(trainer.global_step),
             "requested_step": requested,

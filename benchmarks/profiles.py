@@ -222,7 +222,7 @@ def _anomalib_model_class(name: str) -> str | None:
     return None
 
 
-DATA_KEYS_FROM_MODEL_CONFIG = ("train_batch_size", "eval_batch_size")
+DATA_KEYS_FROM_MODEL_CONFIG = ("train_batch_size", "eval_batch_size", "val_split_mode", "val_split_ratio")
 
 
 def read_model_config(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

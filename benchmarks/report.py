@@ -88,6 +88,7 @@ CATEGORY_COLUMNS: dict[str, tuple[str, str]] = {
     "steps": ("steps", "{:.0f}"),
     **{column: (header, "{:.3f}") for column, header in ACCURACY.items()},
     "train_time_s": ("train s", "{:.1f}"),
+    "train_cpu_s": ("train CPU s", "{:.1f}"),
     "torch_b1_latency_ms": ("torch b1 ms", "{:.1f}"),
     "ov_f32_b1_latency_ms": ("OV f32 b1 ms", "{:.1f}"),
     "ov_default_b1_latency_ms": ("OV default b1 ms", "{:.1f}"),

@@ -88,7 +88,7 @@ def make_jobs(
     categories: dict[str, list[str]],
     profile: Profile,
     *,
-    seeds: list[int] | tuple[int, ...] = (0,),
+    seeds: list[int] | tuple[int, ...] | dict[str, list[int]] = (0,),
     threads: int = 2,
     epochs: int | dict[str, int] | None = None,
     steps: int | dict[str, int] | None = None,
@@ -99,6 +99,7 @@ def make_jobs(
 ) -> list[Job]:
     """All jobs, dataset-major, then category, then model, then seed (the order of the tables).
 
+    ``seeds`` applies to every dataset, or per dataset (``{"DemoTextures": [0, 1, 2], "ELPV": [0]}``).
     ``epochs``/``steps`` override the schedule of every model (an int) or of some (``{"n2n": 6}``,
     lower-case names; see :func:`benchmarks.profiles.schedule`). ``curve_steps`` switches to the
     learning-curve mode: every job trains ``max(curve_steps)`` optimiser steps (``max_epochs=-1``) and
@@ -111,7 +112,7 @@ def make_jobs(
                 base = _make_job(name, dataset, category, profile, epochs, steps, curve_steps, data_args)
                 if base.spec:
                     base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
-                for seed in seeds:
+                for seed in seeds.get(dataset, [0]) if isinstance(seeds, dict) else seeds:
                     spec = {**base.spec, "seed": seed} if base.spec else {}
                     jobs.append(dataclasses.replace(base, seed=seed, spec=spec))
     return jobs
@@ -404,7 +405,12 @@ def environment() -> dict[str, Any]:
 
 
 def write_run_info(
-    output: Path, profile: Profile, seeds: list[int], threads: int, argv: list[str], **extra: Any
+    output: Path,
+    profile: Profile,
+    seeds: list[int] | dict[str, list[int]],
+    threads: int,
+    argv: list[str],
+    **extra: Any,
 ) -> Path:
     """Write ``run.json``: command, profile, seeds, threads, versions, hardware and ``extra``."""
     path = Path(output) / "run.json"
@@ -412,7 +418,7 @@ def write_run_info(
     info = {
         "command": "python -m benchmarks " + " ".join(argv),
         "profile": profile_dict(profile),
-        "seeds": list(seeds),
+        "seeds": seeds if isinstance(seeds, dict) else list(seeds),
         "torch_threads": threads,
         **environment(),
         **extra,

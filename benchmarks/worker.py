@@ -15,6 +15,7 @@ keeps the numbers measured so far (``export_error`` for the export steps).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -171,11 +172,28 @@ class CoresetPatchLimit(Callback):
         store.append(embedding)
 
 
-def build_datamodule(job: dict[str, Any], seed: int) -> Any:
-    """The datamodule of ``job``, set up, its training set capped to ``max_train_images``."""
+#: Share of the training images held out for validation when a model needs it and its config names none.
+VALIDATION_SPLIT_RATIO = 0.2
+
+
+def build_datamodule(job: dict[str, Any], seed: int, validation: bool = False) -> Any:
+    """The datamodule of ``job``, set up, its training set capped to ``max_train_images``.
+
+    With ``validation`` (the model selects or stops on a validation quantity) the validation set is a
+    seeded split of the training images (``val_split_mode="from_train"``, ratio
+    :data:`VALIDATION_SPLIT_RATIO`) unless the job's data arguments (from the model's config) set
+    ``val_split_mode``: model selection never looks at test images.
+    """
     from lightning.pytorch.trainer.states import TrainerFn
 
-    datamodule = _import(job["data"]["class_path"])(**job["data"]["init_args"])
+    cls = _import(job["data"]["class_path"])
+    arguments = dict(job["data"]["init_args"])
+    if validation and "val_split_mode" not in arguments and "val_split_mode" in inspect.signature(cls).parameters:
+        arguments.update(
+            {"val_split_mode": "from_train", "val_split_ratio": VALIDATION_SPLIT_RATIO, "seed": seed}
+            | {k: v for k, v in arguments.items() if k in {"val_split_ratio", "seed"}}
+        )
+    datamodule = cls(**arguments)
     datamodule.prepare_data()
     datamodule.setup(TrainerFn.FITTING)  # a TrainerFn stage marks it set up, so Lightning keeps the subset
     cap = job.get("max_train_images")
@@ -296,19 +314,24 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
     artifacts = Path(job["artifacts_dir"])
     artifacts.mkdir(parents=True, exist_ok=True)
 
-    datamodule = build_datamodule(job, job["seed"])
-    record["train_images"] = len(datamodule.train_data)
-    record["test_images"] = len(datamodule.test_data)
-    record["max_train_images"] = job.get("max_train_images")
     model = build_model(job)
     size = input_size(model, job)
     record["input_size"] = size[0]
-
     trainer_args = trainer_arguments(job, artifacts)
     reason = validation_reason(model, trainer_args)
-    record["validation"] = reason or "skipped"
     if reason is None:
         trainer_args.update({"limit_val_batches": 0, "num_sanity_val_steps": 0})
+
+    datamodule = build_datamodule(job, job["seed"], validation=reason is not None)
+    record["train_images"] = len(datamodule.train_data)
+    record["test_images"] = len(datamodule.test_data)
+    record["max_train_images"] = job.get("max_train_images")
+    if reason is None:
+        record["validation"] = "skipped"
+    else:
+        mode = getattr(datamodule, "val_split_mode", None)
+        record["validation"] = f"{reason}; validation set: {getattr(mode, 'value', mode)}"
+        record["val_images"] = len(datamodule.val_data) if getattr(datamodule, "val_data", None) else None
     callbacks: list[Callback] = [progress.callback()]
     coreset = None
     if job.get("coreset_max_patches") and hasattr(getattr(model, "model", None), "embedding_store"):
@@ -331,11 +354,13 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
         deterministic="warn",
         callbacks=callbacks,
     )
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with measure.PeakMemory() as memory:
         engine.fit(model=model, datamodule=datamodule)
     fit_time = time.perf_counter() - start
     record["train_time_s"] = fit_time - (curve.eval_time_s if curve else 0.0)
+    # CPU seconds of all threads of the worker (a machine shared with other jobs inflates wall time, not this)
+    record["train_cpu_s"] = time.process_time() - start_cpu - (curve.eval_cpu_s if curve else 0.0)
     record["train_peak_mem_mb"] = memory.peak / measure.MIB
     record["memory_method"] = memory.method
     record["epochs"] = int(engine.trainer.current_epoch)
@@ -348,9 +373,10 @@ def run_job(job: dict[str, Any], record: dict[str, Any]) -> None:
         record["coreset_max_patches"] = coreset.max_patches
 
     save_partial(job, record)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     results = engine.test(model=model, datamodule=datamodule, verbose=False)
     record["test_time_s"] = time.perf_counter() - start
+    record["test_cpu_s"] = time.process_time() - start_cpu
     metrics = results[0] if results else {}
     for name in METRIC_NAMES:
         value = metrics.get(name)

@@ -147,6 +147,15 @@ def test_bad_schedules_steps_and_names_fail_with_the_option_and_value():
 def test_seeds_give_one_job_each_with_the_seed_in_key_and_settings():
     assert parse_seeds("0,1,2", 7) == [0, 1, 2]
     assert parse_seeds(None, 7) == [7]
+    per_dataset = parse_seeds("DemoTextures:0+1+2", 7, ["DemoTextures", "ELPV"])
+    assert per_dataset == {"DemoTextures": [0, 1, 2], "ELPV": [7]}
+    with pytest.raises(argparse.ArgumentTypeError, match="--seeds names dataset 'MVTec'"):
+        parse_seeds("MVTec:0", 0, ["DemoTextures"])
+    with pytest.raises(argparse.ArgumentTypeError, match="--seeds expects integers"):
+        parse_seeds("0,a", 0, ["DemoTextures"])
+    categories = {"DemoTextures": ["brick"], "ELPV": ["mono"]}
+    jobs = make_jobs(["Padim"], ["DemoTextures", "ELPV"], categories, PROFILES["cpu"], seeds=per_dataset)
+    assert [(job.dataset, job.seed) for job in jobs] == [("DemoTextures", s) for s in (0, 1, 2)] + [("ELPV", 7)]
     jobs = make_jobs(["Padim"], ["DemoTextures"], {"DemoTextures": ["brick"]}, PROFILES["cpu"], seeds=[0, 1, 2])
     assert [job.seed for job in jobs] == [0, 1, 2]
     assert [job.spec["seed"] for job in jobs] == [0, 1, 2]

@@ -14,6 +14,7 @@ from anomalib_ext.post_processing import OrderPreservingPostProcessor
 from benchmarks.profiles import CONFIG_DIR, PROFILES, read_model_config, resolve_model
 from benchmarks.worker import (
     CoresetPatchLimit,
+    build_datamodule,
     build_model,
     calibration_datamodule,
     model_arguments,
@@ -122,3 +123,26 @@ def test_int8_calibration_reads_training_images_not_the_test_set():
     calibration = calibration_datamodule(datamodule)
     assert calibration.val_data == "train"
     assert datamodule.val_data == "test"
+
+
+def test_validation_when_needed_holds_out_training_images_never_test_images(tmp_path: Path):
+    from tests.helpers.datasets import make_fake_mvtec
+
+    root = make_fake_mvtec(tmp_path, n_train=10, image_size=16)
+    job = {
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "toy", "num_workers": 0},
+        },
+        "max_train_images": None,
+    }
+    plain = build_datamodule(job, seed=0)
+    assert plain.val_split_mode.value == "same_as_test"
+    held_out = build_datamodule(job, seed=0, validation=True)
+    assert held_out.val_split_mode.value == "from_train"
+    val_paths = set(held_out.val_data.samples["image_path"])
+    assert len(val_paths) == 2  # 20% of the 10 training images
+    assert not val_paths & set(held_out.test_data.samples["image_path"])
+    assert not val_paths & set(held_out.train_data.samples["image_path"])
+    job["data"]["init_args"]["val_split_ratio"] = 0.5  # a model's config may set its own split
+    assert len(build_datamodule(job, seed=0, validation=True).val_data) == 5
