@@ -50,6 +50,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from anomalib_ext.augment import rank_generator
 from anomalib_ext.models.defaults import pro_evaluator
 from anomalib_ext.models.n2n.loss import N2NLoss
+from anomalib_ext.models.n2n.openvino import keep_error_map_precise
 from anomalib_ext.models.n2n.torch_model import N2NModel
 from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
@@ -418,6 +419,18 @@ class N2N(AnomalibModule):
                 ),
             )
         return callbacks
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """The OpenVINO export of anomalib, with the error map kept in f32 at any device precision.
+
+        At OpenVINO's default CPU precision (bf16 where the CPU has it) the network runs in bf16 and
+        the error map in f32: the Gaussian windows of MS-SSIM hang oneDNN's bf16 depthwise kernel and
+        their moments lose SSIM's variances in bf16 (:mod:`anomalib_ext.models.n2n.openvino`).
+        Arguments as :meth:`anomalib.models.components.base.export_mixin.ExportMixin.to_openvino`.
+        """
+        path = super().to_openvino(*args, **kwargs)
+        keep_error_map_precise(path)
+        return path
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
