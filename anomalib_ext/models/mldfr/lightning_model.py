@@ -87,7 +87,9 @@ class MLDFR(AnomalibModule):
         qkv_bias: A9: bias of the qkv projection (``True``).
         norm_eps: A9: LayerNorm epsilon (1e-6).
         dropout: A9: dropout in FR (0).
-        attention_type: A10: ``"talking_heads"`` (public code), ``"standard"`` or ``"none"`` (Table IX "MLP").
+        attention_type: A10: ``"standard"`` (the paper: ViT self-attention, "based on ViT" with only
+            LayerScale taken from CaiT), ``"talking_heads"`` (the public code's CaiT attention; about
+            twice the restorer's CPU cost) or ``"none"`` (Table IX "MLP").
         layer_scale: A11: diagonal gamma on the FFN branch (eq. 3; Table IX "Diag(gamma)").
         layer_scale_init: A12: gamma init (1e-5).
         layer_scale_on_attention: A11: also scale the attention branch (``False``, eq. 3).
@@ -153,7 +155,7 @@ class MLDFR(AnomalibModule):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         dropout: float = 0.0,
-        attention_type: str = "talking_heads",
+        attention_type: str = "standard",
         layer_scale: bool = True,
         layer_scale_init: float = 1e-5,
         layer_scale_on_attention: bool = False,

@@ -41,8 +41,9 @@ class RestorationBlock(nn.Module):
         qkv_bias: A9: bias in the query/key/value projection.
         norm_eps: A9: LayerNorm epsilon.
         dropout: A9: dropout after attention and in the MLP.
-        attention_type: A10: ``"talking_heads"`` (CaiT's), ``"standard"`` (ViT's) or ``"none"``
-            (Table IX "MLP" ablation: no attention branch).
+        attention_type: A10: ``"standard"`` (ViT's, the paper's text; timm's fused attention),
+            ``"talking_heads"`` (CaiT's, the public code) or ``"none"`` (Table IX "MLP" ablation: no
+            attention branch).
         layer_scale: A11: learnable diagonal ``gamma`` on the MLP branch (eq. 3).
         layer_scale_init: A12: initial value of every ``gamma``.
         layer_scale_on_attention: A11: also scale the attention branch (CaiT's reading).
@@ -56,7 +57,7 @@ class RestorationBlock(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         dropout: float = 0.0,
-        attention_type: str = "talking_heads",
+        attention_type: str = "standard",
         layer_scale: bool = True,
         layer_scale_init: float = 1e-5,
         layer_scale_on_attention: bool = False,

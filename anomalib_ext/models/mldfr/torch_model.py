@@ -86,7 +86,7 @@ class MLDFRModel(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         dropout: float = 0.0,
-        attention_type: str = "talking_heads",
+        attention_type: str = "standard",
         layer_scale: bool = True,
         layer_scale_init: float = 1e-5,
         layer_scale_on_attention: bool = False,
