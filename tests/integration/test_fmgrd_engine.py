@@ -55,7 +55,7 @@ def test_fit_test_predict_report_the_paper_metrics(trained):
     batch = predictions[0]
     assert batch.anomaly_map.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)
     assert batch.pred_score.shape[0] == batch.image.shape[0]
-    assert model.model.mask_generator is None  # dropped after training: nothing random left
+    assert model.generator is None  # dropped after training: nothing random left
 
 
 def test_checkpoint_reloads_with_weights_only_and_predicts_the_same(trained):

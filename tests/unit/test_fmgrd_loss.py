@@ -47,6 +47,9 @@ def test_one_level_loss_is_the_mean_of_the_eq12_map():
     assert float(FmgrdLoss()([teacher], [generated])) == pytest.approx(expected, abs=1e-6)
 
 
-def test_unknown_mode_is_rejected():
-    with pytest.raises(ValueError, match="loss_mode"):
-        FmgrdLoss("l2")
+def test_total_is_the_generated_term_plus_the_weighted_decoder_term_by_value():
+    teacher = [torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)]
+    generated = [torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)]  # distance 1
+    decoded = [torch.tensor([-1.0, 0.0]).view(1, 2, 1, 1)]  # distance 2
+    assert float(FmgrdLoss()(teacher, generated, decoded)) == pytest.approx(1.0)  # decoder term off by default
+    assert float(FmgrdLoss(decoder_weight=0.25)(teacher, generated, decoded)) == pytest.approx(1.0 + 0.25 * 2.0)

@@ -2,6 +2,6 @@
 
 from .base import AnomalibExtModule
 from .feature_cache import FrozenFeatureCache
-from .scoring import AnomalyScorer, ScoreMode, image_score
+from .scoring import AnomalyScorer, ScoreMode, ScoreModeName, image_score
 
-__all__ = ["AnomalibExtModule", "AnomalyScorer", "FrozenFeatureCache", "ScoreMode", "image_score"]
+__all__ = ["AnomalibExtModule", "AnomalyScorer", "FrozenFeatureCache", "ScoreMode", "ScoreModeName", "image_score"]

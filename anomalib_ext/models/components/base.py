@@ -31,7 +31,7 @@ from anomalib.post_processing import PostProcessor
 from torch import nn
 
 from anomalib_ext.augment import rank_generator
-from anomalib_ext.models.defaults import pro_evaluator
+from anomalib_ext.models.defaults import default_evaluator
 from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
 
@@ -49,7 +49,7 @@ class AnomalibExtModule:
     @staticmethod
     def configure_evaluator() -> Evaluator:
         """Image/pixel AUROC, F1-max and AP, and AUPRO up to FPR 0.3 (the papers' PRO)."""
-        return pro_evaluator()
+        return default_evaluator()
 
     def configure_post_processor(self) -> PostProcessor:
         """Anomalib's post-processor with an order-preserving normalisation (no clamping ties in metrics)."""

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 import torch
 from anomalib.data import InferenceBatch
@@ -30,6 +31,10 @@ class ScoreMode(str, Enum):
     MAX = "max"
     MEAN = "mean"
     TOPK = "topk"
+
+
+#: The score modes as the command line and YAML spell them (``score_mode: topk``).
+ScoreModeName = Literal["max", "mean", "topk"]
 
 
 def image_score(

@@ -18,11 +18,14 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from anomalib.models.components.backbone.resnet_decoder import DecoderBasicBlock
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+from .config import AttentionConfig
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -108,14 +111,11 @@ class SpatialReconstructionUnit(nn.Module):
         channels: int,
         group_num: int = 4,
         gate_threshold: float = 0.5,
-        gate_mode: str = "soft",
+        gate_mode: Literal["soft", "hard"] = "soft",
     ) -> None:
         super().__init__()
         if channels % 2 or channels % group_num:
             msg = f"SRU channels must be even and divisible by sru_group_num={group_num}; got {channels}."
-            raise ValueError(msg)
-        if gate_mode not in {"soft", "hard"}:
-            msg = f"sru_gate_mode must be 'soft' or 'hard'; got {gate_mode!r}."
             raise ValueError(msg)
         self.norm = nn.GroupNorm(group_num, channels)
         self.gate_threshold = gate_threshold
@@ -159,7 +159,7 @@ class ChannelReconstructionUnit(nn.Module):
         squeeze_ratio: int = 2,
         groups: int = 2,
         kernel_size: int = 3,
-        softmax: str = "branch",
+        softmax: Literal["branch", "reference"] = "branch",
     ) -> None:
         super().__init__()
         upper = int(alpha * channels)
@@ -169,9 +169,6 @@ class ChannelReconstructionUnit(nn.Module):
                 f"CRU: int(cru_alpha*C)//cru_squeeze_ratio must be divisible by cru_groups and C by cru_groups; "
                 f"got C={channels}, alpha={alpha}, squeeze_ratio={squeeze_ratio}, groups={groups}."
             )
-            raise ValueError(msg)
-        if softmax not in {"branch", "reference"}:
-            msg = f"cru_softmax must be 'branch' or 'reference'; got {softmax!r}."
             raise ValueError(msg)
         self.split_sizes = (upper, lower)
         self.softmax = softmax
@@ -229,47 +226,31 @@ class SCSAtt(nn.Module):
 
     Args:
         channels: Input and output channels.
-        use_scconv: Include SCConv (Table 6 ablation).
-        use_simam: Include SimAM (Table 6 ablation).
-        pointwise: Include the 1x1 conv module (A3).
-        residual: Add the input to the output (A3: no).
-        sru_group_num, sru_gate_threshold, sru_gate_mode: see :class:`SpatialReconstructionUnit`.
-        cru_alpha, cru_squeeze_ratio, cru_groups, cru_kernel_size, cru_softmax: see
-            :class:`ChannelReconstructionUnit`.
-        simam_lambda: see :class:`SimAM`.
+        config: The ablation switches and unit settings (:class:`~anomalib_ext.models.fmgrd.config.AttentionConfig`).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        use_scconv: bool = True,
-        use_simam: bool = True,
-        pointwise: bool = True,
-        residual: bool = False,
-        sru_group_num: int = 4,
-        sru_gate_threshold: float = 0.5,
-        sru_gate_mode: str = "soft",
-        cru_alpha: float = 0.5,
-        cru_squeeze_ratio: int = 2,
-        cru_groups: int = 2,
-        cru_kernel_size: int = 3,
-        cru_softmax: str = "branch",
-        simam_lambda: float = 1e-4,
-    ) -> None:
+    def __init__(self, channels: int, config: AttentionConfig) -> None:
         super().__init__()
         self.scconv = (
             nn.Sequential(
-                SpatialReconstructionUnit(channels, sru_group_num, sru_gate_threshold, sru_gate_mode),
+                SpatialReconstructionUnit(
+                    channels, config.sru_group_num, config.sru_gate_threshold, config.sru_gate_mode
+                ),
                 ChannelReconstructionUnit(
-                    channels, cru_alpha, cru_squeeze_ratio, cru_groups, cru_kernel_size, cru_softmax
+                    channels,
+                    config.cru_alpha,
+                    config.cru_squeeze_ratio,
+                    config.cru_groups,
+                    config.cru_kernel_size,
+                    config.cru_softmax,
                 ),
             )
-            if use_scconv
+            if config.use_scconv
             else nn.Identity()
         )
-        self.pointwise = conv_bn_relu(channels, channels, 1, 1) if pointwise else nn.Identity()
-        self.simam = SimAM(simam_lambda) if use_simam else nn.Identity()
-        self.residual = residual
+        self.pointwise = conv_bn_relu(channels, channels, 1, 1) if config.pointwise else nn.Identity()
+        self.simam = SimAM(config.simam_lambda) if config.use_simam else nn.Identity()
+        self.residual = config.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the attended features, same shape as ``x``."""
@@ -393,7 +374,7 @@ class FeatureMaskGeneration(nn.Module):
     def draw_mask(
         features: torch.Tensor,
         mask_ratio: float,
-        mask_mode: str = "spatial",
+        mask_mode: Literal["spatial", "channel"] = "spatial",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Eq. 11: a {0, 1} mask, 0 where ``U(0, 1) < mask_ratio``; (B,1,H,W) spatial or (B,C,1,1) channel."""
@@ -406,8 +387,8 @@ class FeatureMaskGeneration(nn.Module):
         self,
         student_features: torch.Tensor,
         mask_ratio: float = 0.65,
-        mask_mode: str = "spatial",
-        eval_mode: str = "unmasked",
+        mask_mode: Literal["spatial", "channel"] = "spatial",
+        eval_mode: Literal["unmasked", "expectation", "random"] = "unmasked",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Return ``F_G`` from ``F_D``; masking only in training (or ``eval_mode="random"``)."""
