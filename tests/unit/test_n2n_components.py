@@ -96,3 +96,35 @@ def test_ram_shape_and_residual_path_when_body_is_zero() -> None:
 def test_pixel_shuffle_resizing_shapes() -> None:
     assert PSDown(8, 12)(torch.randn(1, 8, 16, 16)).shape == (1, 12, 8, 8)
     assert PSUp(16, 12)(torch.randn(1, 16, 8, 8)).shape == (1, 12, 16, 16)
+
+
+def test_input_unshuffle_runs_the_m_net_on_folded_blocks_at_half_resolution() -> None:
+    # Speed option (not in the paper): 2x2 pixel blocks folded into 12 channels, M-net at H/2,
+    # output unfolded to full resolution; the global residual adds the full-resolution input.
+    c, size = 8, 32
+    net = N2NReconstructionNetwork(base_channels=c, input_unshuffle=2)
+    shapes = _shapes_by_hook(net, torch.randn(2, 3, size, size))
+    assert shapes["enc.0"] == (2, c, size // 2, size // 2)
+    assert shapes["skff"] == (2, c, size // 2, size // 2)
+    assert net.stems[0].in_channels == 12
+    assert net.head.out_channels == 12
+    x = torch.randn(2, 3, size, size)
+    assert net(x).shape == x.shape
+    torch.nn.init.zeros_(net.head.weight)
+    torch.nn.init.zeros_(net.head.bias)
+    torch.testing.assert_close(net(x), x)  # a zero head leaves exactly the full-resolution global residual
+    # parameters: only the stem's inputs and the head's outputs grow (x4)
+    paper = N2NReconstructionNetwork(base_channels=16)
+    folded = N2NReconstructionNetwork(base_channels=16, input_unshuffle=2)
+    extra = (12 - 3) * 16 * 9 + (12 - 3) * (16 * 9 + 1)
+    assert sum(p.numel() for p in folded.parameters()) == sum(p.numel() for p in paper.parameters()) + extra
+
+
+def test_input_unshuffle_checks() -> None:
+    from anomalib_ext.models.n2n.torch_model import N2NModel
+
+    with pytest.raises(ValueError, match="input_unshuffle"):
+        N2NReconstructionNetwork(base_channels=8, input_unshuffle=0)
+    with pytest.raises(ValueError, match=r"input_unshuffle \* 2 \*\* \(depth - 1\) = 16"):
+        N2NModel(image_size=(40, 40), base_channels=8, input_unshuffle=2)
+    N2NModel(image_size=(48, 48), base_channels=8, input_unshuffle=2)

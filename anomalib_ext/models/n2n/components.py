@@ -140,6 +140,12 @@ class N2NReconstructionNetwork(nn.Module):
         skip_conv: A5: skip connections through a 3x3 conv (True) or identity.
         side_upsample_first: A6: side outputs upsample before their 3x3 conv (False: conv first).
         global_residual: A7: add the network input to the head output.
+        input_unshuffle: Speed option (not in the paper): 1 (the paper) runs the M-net at the input
+            resolution; ``f > 1`` folds each ``f x f`` pixel block into channels first
+            (PixelUnshuffle, ``3 f^2`` channels at ``H/f``, as FFDNet does for denoising), runs the
+            M-net there and unfolds the head's ``3 f^2`` channels back (PixelShuffle). The
+            reconstruction and everything after it stay at full resolution; the network's cost
+            drops about ``f^2``-fold. Input sides must be divisible by ``f * 2 ** (depth - 1)``.
     """
 
     def __init__(
@@ -154,8 +160,12 @@ class N2NReconstructionNetwork(nn.Module):
         skip_conv: bool = True,
         side_upsample_first: bool = False,
         global_residual: bool = True,
+        input_unshuffle: int = 1,
     ) -> None:
         super().__init__()
+        if input_unshuffle < 1:
+            msg = f"input_unshuffle={input_unshuffle} is invalid: expected an integer >= 1 (1 = the paper)."
+            raise ValueError(msg)
         if base_channels < 2 or base_channels % 2:
             msg = f"base_channels={base_channels} is invalid: expected an even number >= 2 (PixelShuffle gives C/2)."
             raise ValueError(msg)
@@ -165,6 +175,10 @@ class N2NReconstructionNetwork(nn.Module):
         self.depth = depth
         self.side_upsample_first = side_upsample_first
         self.global_residual = global_residual
+        self.input_unshuffle = input_unshuffle
+        image_channels = 3 * input_unshuffle**2
+        self.unshuffle = nn.PixelUnshuffle(input_unshuffle) if input_unshuffle > 1 else nn.Identity()
+        self.shuffle = nn.PixelShuffle(input_unshuffle) if input_unshuffle > 1 else nn.Identity()
         c = base_channels
 
         def block(c_in: int, c_out: int) -> nn.Module:
@@ -173,7 +187,7 @@ class N2NReconstructionNetwork(nn.Module):
             return nn.Conv2d(c_in, c_out, 1)
 
         n_stems = 1 if share_input_stem else depth
-        self.stems = nn.ModuleList([nn.Conv2d(3, c, 3, padding=1) for _ in range(n_stems)])
+        self.stems = nn.ModuleList([nn.Conv2d(image_channels, c, 3, padding=1) for _ in range(n_stems)])
         enc_in = [c] + [2 ** (i - 1) * c + c for i in range(1, depth)]
         self.enc = nn.ModuleList([block(enc_in[i], 2**i * c) for i in range(depth)])
         self.down = nn.ModuleList([PSDown(2**i * c, 2**i * c) for i in range(depth - 1)])
@@ -186,7 +200,7 @@ class N2NReconstructionNetwork(nn.Module):
         self.dec = nn.ModuleList([block(2 ** (i + 1) * c, 2**i * c) for i in levels])
         self.side = nn.ModuleList([nn.Conv2d(2**i * c, c, 3, padding=1) for i in levels])
         self.skff = SKFF(c, height=depth, reduction=skff_reduction)
-        self.head = nn.Conv2d(c, 3, 3, padding=1)
+        self.head = nn.Conv2d(c, image_channels, 3, padding=1)
 
     def _stem(self, level: int) -> nn.Module:
         return self.stems[0] if len(self.stems) == 1 else self.stems[level]
@@ -200,8 +214,9 @@ class N2NReconstructionNetwork(nn.Module):
 
     def forward(self, x_noisy: Tensor) -> Tensor:
         """Reconstruct ``(B, 3, H, W)`` from the noisy ``(B, 3, H, W)`` input (normalised space)."""
-        size = (x_noisy.shape[-2], x_noisy.shape[-1])
-        pyramid = [x_noisy]
+        folded = self.unshuffle(x_noisy)
+        size = (folded.shape[-2], folded.shape[-1])
+        pyramid = [folded]
         for _ in range(self.depth - 1):
             pyramid.append(F.avg_pool2d(pyramid[-1], 2))  # == bilinear x0.5, align_corners=False (A4)
         h = self._stem(0)(pyramid[0])
@@ -217,5 +232,5 @@ class N2NReconstructionNetwork(nn.Module):
         for k, level in enumerate(reversed(range(self.depth - 1))):
             h = self.dec[k](torch.cat([self.up[k](h), self.skip[k](encs[level])], dim=1))
             sides.append(self._side(self.side[k], h, size, resize=level > 0))
-        out = self.head(self.skff(sides))
+        out = self.shuffle(self.head(self.skff(sides)))
         return out + x_noisy if self.global_residual else out

@@ -57,6 +57,8 @@ class N2NModel(nn.Module):
         skip_conv: A5: 3x3 conv on skip connections.
         side_upsample_first: A6: upsample side outputs before their conv.
         global_residual: A7: add the noisy input to the network output.
+        input_unshuffle: Speed option: run the M-net on ``f x f`` pixel blocks folded into channels
+            (1 = the paper; see :class:`N2NReconstructionNetwork`).
         noise_lambda: Eq. 1 blend weight lambda (paper 0.3).
         noise_mean: A9: mean of eps.
         noise_std: A9: standard deviation of eps.
@@ -95,6 +97,7 @@ class N2NModel(nn.Module):
         skip_conv: bool = True,
         side_upsample_first: bool = False,
         global_residual: bool = True,
+        input_unshuffle: int = 1,
         noise_lambda: float = 0.3,
         noise_mean: float = 0.5,
         noise_std: float = 0.5,
@@ -121,11 +124,11 @@ class N2NModel(nn.Module):
     ) -> None:
         super().__init__()
         height, width = (int(v) for v in image_size)
-        factor = 2 ** (depth - 1)
+        factor = int(input_unshuffle) * 2 ** (depth - 1)
         if height % factor or width % factor or height < factor or width < factor:
             msg = (
                 f"image_size={tuple(image_size)} is invalid: both sides must be positive multiples of "
-                f"2 ** (depth - 1) = {factor}."
+                f"input_unshuffle * 2 ** (depth - 1) = {factor}."
             )
             raise ValueError(msg)
         if ssim_padding == "reflect" and min(height, width) <= ssim_kernel_size // 2:
@@ -170,6 +173,7 @@ class N2NModel(nn.Module):
             skip_conv=skip_conv,
             side_upsample_first=side_upsample_first,
             global_residual=global_residual,
+            input_unshuffle=input_unshuffle,
         )
         self.error = N2NLoss(
             sigmas=msssim_sigmas,
