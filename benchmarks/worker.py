@@ -5,11 +5,17 @@ a hung model cannot take the other jobs down and each job's peak memory is its o
 holds everything needed (model, data, profile settings, output paths); the worker writes the
 result record (JSON) and, on failure, the traceback next to it.
 
-Steps, each timed or measured: build the datamodule and model, train with anomalib's Engine,
-test with the package's evaluator (:func:`anomalib_ext.models.defaults.default_evaluator`), save the
-checkpoint, measure torch eager latency, store heat maps of fixed test
-images, export to OpenVINO and measure its latency at each precision. A failure after training
-keeps the numbers measured so far (``export_error`` for the export steps).
+Steps, each timed or measured: build the model from its ``model:`` section as anomalib's CLI does
+(:func:`build_model`) and the datamodule; train with anomalib's Engine, without a validation pass
+unless the model monitors a validation quantity (:func:`validation_reason`; its validation set is
+then a split of the training images) and, in the learning-curve mode, with
+:class:`benchmarks.curve.LearningCurve`; test with the package's evaluator
+(:func:`anomalib_ext.models.defaults.default_evaluator`); save the checkpoint; measure torch eager
+latency; store heat maps of fixed test images; export to OpenVINO and measure its latency at each
+precision (with ``int8``, also the FP16 and INT8 exports and the test-set image AUROC of each). A
+failure after training keeps the numbers measured so far (``export_error`` for the export steps).
+
+``instantiate`` and ``_import`` stay importable for the experiment scripts that use them.
 """
 
 from __future__ import annotations
