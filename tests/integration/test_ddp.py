@@ -55,7 +55,7 @@ TINY_MODELS: dict[str, tuple[dict, int, int]] = {
             "backbone": "efficientnet_lite0",
             "layers": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
             "pre_trained": True,
-            "fusion_layer_index": 1,
+            "features": {"fusion_layer_index": 1},
             "image_size": [IMAGE_SIZE, IMAGE_SIZE],
             "n_components": 3,
             "memory_bank_images": 4,

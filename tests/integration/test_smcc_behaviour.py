@@ -17,6 +17,7 @@ from lightning.pytorch import seed_everything
 from scipy import ndimage
 
 from anomalib_ext.models import SMCC
+from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig
 from tests.helpers.datasets import make_fake_mvtec
 
 pytestmark = pytest.mark.slow
@@ -35,11 +36,11 @@ def test_defects_score_higher_and_the_map_peaks_inside_the_defect(tmp_path: Path
         backbone="efficientnet_lite0",
         layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
         pre_trained=True,
-        fusion_layer_index=0,
         image_size=(SIZE, SIZE),
         n_components=3,
         memory_bank_images=8,
-        sigma=2.0,
+        features=FeatureConfig(fusion_layer_index=0),
+        scoring=ScoringConfig(sigma=2.0),
     )
     engine = Engine(max_epochs=2, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
     engine.fit(model, datamodule=datamodule)

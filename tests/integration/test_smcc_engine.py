@@ -14,6 +14,7 @@ from anomalib.deploy import ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
 
 from anomalib_ext.models import SMCC
+from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig
 from tests.helpers.datasets import make_fake_mvtec
 
 pytestmark = pytest.mark.slow
@@ -23,11 +24,12 @@ TINY = {
     "backbone": "efficientnet_lite0",
     "layers": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
     "pre_trained": False,
-    "fusion_layer_index": 1,
     "image_size": (SIZE, SIZE),
     "n_components": 3,
     "memory_bank_images": 4,
-    "knn_chunk_size": 100,  # several bank chunks (bank: 4 images x 64 patches), so the export covers the chunk loop
+    "features": FeatureConfig(fusion_layer_index=1),
+    # several bank chunks (bank: 4 images x 64 patches), so the export covers the chunk loop
+    "scoring": ScoringConfig(knn_chunk_size=100),
 }
 # Torch (fp32) vs OpenVINO compiled with INFERENCE_PRECISION_HINT=f32, same pre-resized image; both pass the
 # same post-processor (scores normalised to [0, 1]).

@@ -15,6 +15,7 @@ from anomalib_ext.models.smcc.centres import (
     sensitivities,
     sensitivity_coreset,
 )
+from anomalib_ext.models.smcc.config import FeatureConfig
 from anomalib_ext.models.smcc.fusion import MultiLayerFusion
 from anomalib_ext.models.smcc.loss import SmccLoss
 from anomalib_ext.models.smcc.torch_model import SmccModel
@@ -26,7 +27,8 @@ LITE0_LAYERS = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
 @pytest.mark.parametrize(("fusion_layer_index", "side"), [(1, 32), (0, 64)])
 def test_lite0_fusion_shapes_follow_the_offline_shape_table(fusion_layer_index: int, side: int) -> None:
     with torch.device("meta"):  # shapes only: no weights, no compute
-        model = SmccModel("efficientnet_lite0", LITE0_LAYERS, pre_trained=False, fusion_layer_index=fusion_layer_index)
+        config = FeatureConfig(fusion_layer_index=fusion_layer_index)
+        model = SmccModel("efficientnet_lite0", LITE0_LAYERS, pre_trained=False, features=config)
         features = model.embed(torch.empty(1, 3, 256, 256))
     assert model.feature_extractor.out_dims == [24, 40, 112, 320]
     assert model.feature_extractor.reductions == [4, 8, 16, 32]
@@ -65,7 +67,9 @@ def test_fusion_pools_finer_and_upsamples_coarser_maps_to_the_target() -> None:
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_eval_forward_returns_score_per_image_and_map_at_input_size(batch: int) -> None:
-    model = SmccModel("efficientnet_lite0", LITE0_LAYERS, pre_trained=False, fusion_layer_index=1)
+    model = SmccModel(
+        "efficientnet_lite0", LITE0_LAYERS, pre_trained=False, features=FeatureConfig(fusion_layer_index=1)
+    )
     images = torch.rand(batch, 3, 64, 64)
     with torch.no_grad():
         model.set_memory(model.to_patches(model.embed(images)), images)

@@ -1,50 +1,99 @@
-"""SMCC's YAML configs: keys equal the constructor arguments, paper and offline defaults, CLI parsing."""
+"""SMCC's YAML configs and ablation groups: only non-default values, paper and offline settings, CLI parsing."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
 
 from anomalib_ext.models import SMCC
+from anomalib_ext.models.smcc.config import FeatureConfig
 
-COMPONENTS = {"self", "pre_processor", "post_processor", "evaluator", "visualizer"}
+DEFAULTS = {key: parameter.default for key, parameter in inspect.signature(SMCC).parameters.items()}
 
 
 def load(project_root: Path, name: str) -> dict:
     return yaml.safe_load((project_root / "configs" / "model" / name).read_text())
 
 
+def parse(init_args: dict) -> dict:
+    """``init_args`` as anomalib's CLI and the benchmark worker read them (jsonargparse), groups instantiated."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(SMCC, "model", instantiate=False, fail_untyped=False)
+    return dict(vars(parser.instantiate_classes(parser.parse_object({"model": init_args})).model))
+
+
 @pytest.mark.parametrize("name", ["smcc.yaml", "smcc_cpu.yaml"])
-def test_config_keys_are_the_constructor_arguments(project_root: Path, name: str) -> None:
+def test_configs_list_only_what_differs_from_the_defaults(project_root: Path, name: str) -> None:
     config = load(project_root, name)
     assert config["model"]["class_path"] == "anomalib_ext.models.SMCC"
-    assert set(config["model"]["init_args"]) == set(inspect.signature(SMCC.__init__).parameters) - COMPONENTS
-    assert "max_epochs" in config["trainer"]
+    for key, value in (config["model"].get("init_args") or {}).items():
+        default = DEFAULTS[key]
+        if dataclasses.is_dataclass(default):
+            for field, field_value in value.items():
+                assert getattr(default, field) != field_value, f"{name}: {key}.{field} repeats its default"
+        else:
+            assert default != value, f"{name}: {key} repeats its default"
+            assert list(default or []) != value, f"{name}: {key} repeats its default"
+    assert config["trainer"]["max_epochs"] > 0
+    parse(config["model"].get("init_args") or {})  # the CLI accepts it
 
 
-def test_paper_config_uses_the_paper_backbone_and_defaults(project_root: Path) -> None:
-    args = load(project_root, "smcc.yaml")["model"]["init_args"]
-    defaults = {k: p.default for k, p in inspect.signature(SMCC.__init__).parameters.items() if k not in COMPONENTS}
-    assert args["backbone"] == "wide_resnet50_2.tv_in1k"
-    assert args["image_size"] == [224, 224]
-    for key, value in args.items():
-        if key not in {"image_size", "layers"}:
-            assert value == defaults[key], key
-    assert args["layers"] == list(defaults["layers"])
+def test_paper_config_is_the_defaults(project_root: Path) -> None:
+    assert "init_args" not in load(project_root, "smcc.yaml")["model"]
+    assert DEFAULTS["backbone"] == "wide_resnet50_2.tv_in1k"
+    assert tuple(DEFAULTS["layers"]) == ("layer1", "layer2", "layer3", "layer4")
+    assert tuple(DEFAULTS["image_size"]) == (224, 224)
+    assert (DEFAULTS["n_components"], DEFAULTS["memory_bank_images"], DEFAULTS["lr"]) == (10, 16, 1e-3)
+    assert DEFAULTS["clustering"].sampling_rate == 0.1
+    assert DEFAULTS["training"].weight_decay == 5e-4
+    assert DEFAULTS["features"].fusion_layer_index == 0
 
 
 def test_offline_config_uses_efficientnet_lite0(project_root: Path) -> None:
     config = load(project_root, "smcc_cpu.yaml")
-    assert config["model"]["init_args"]["backbone"] == "efficientnet_lite0"
-    assert config["model"]["init_args"]["layers"] == ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
-    assert config["model"]["init_args"]["fusion_layer_index"] == 1
+    args = config["model"]["init_args"]
+    assert args["backbone"] == "efficientnet_lite0"
+    assert args["layers"] == ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    assert args["features"] == {"fusion_layer_index": 1}
+    assert args["image_size"] == [256, 256]
+    assert config["data"]["init_args"]["train_batch_size"] == 16  # holds the bank of memory_bank_images
 
 
 def test_offline_config_builds_the_model(project_root: Path) -> None:
     args = load(project_root, "smcc_cpu.yaml")["model"]["init_args"] | {"pre_trained": False}
-    model = SMCC(**args)
+    parsed = parse(args)
+    assert parsed["features"] == FeatureConfig(fusion_layer_index=1)
+    model = SMCC(**parsed)
     assert model.input_size == tuple(args["image_size"])
     assert model.model.fusion.out_channels == 496
+    assert model.model.fusion.target_index == 1
+
+
+@pytest.mark.parametrize(
+    ("init_args", "field"),
+    [
+        ({"clustering": {"center_source": "means"}}, "center_source"),
+        ({"training": {"optimizer": "sgd"}}, "optimizer"),
+        ({"scoring": {"image_score": "mean"}}, "image_score"),
+        ({"features": {"fusion_upsample_mode": "linear"}}, "fusion_upsample_mode"),
+    ],
+)
+def test_a_bad_choice_fails_at_parse_time_naming_the_choices(init_args: dict, field: str) -> None:
+    with pytest.raises(Exception, match=field) as error:
+        parse(init_args)
+    choices = {
+        "center_source": "gmm_means",
+        "optimizer": "adamw",
+        "image_score": "max_patch",
+        "fusion_upsample_mode": "bilinear",
+    }
+    assert choices[field] in str(error.value)
+
+
+def test_at_most_15_arguments() -> None:
+    assert len(DEFAULTS) <= 15

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import io
+
 import pytest
 import torch
 from torch import nn
 
 from anomalib_ext.models.smcc import SMCC
+from anomalib_ext.models.smcc.config import ClusteringConfig, FeatureConfig, ScoringConfig, TrainingConfig
 from anomalib_ext.models.smcc.loss import SmccLoss
 from anomalib_ext.models.smcc.torch_model import SmccModel
 
@@ -14,9 +19,12 @@ LITE0_LAYERS = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
 
 
 def tiny_model(**kwargs: object) -> SmccModel:
+    """Lite0 fused at stride 8 with random weights; ``kwargs`` are fields of the feature and scoring groups."""
     torch.manual_seed(0)
-    options = {"pre_trained": False, "fusion_layer_index": 1, "sigma": 2.0} | kwargs
-    return SmccModel("efficientnet_lite0", LITE0_LAYERS, **options)
+    feature_fields = set(FeatureConfig.__dataclass_fields__)
+    features = FeatureConfig(**{"fusion_layer_index": 1} | {k: v for k, v in kwargs.items() if k in feature_fields})
+    scoring = ScoringConfig(**{"sigma": 2.0} | {k: v for k, v in kwargs.items() if k not in feature_fields})
+    return SmccModel("efficientnet_lite0", LITE0_LAYERS, pre_trained=False, features=features, scoring=scoring)
 
 
 # ---------------------------------------------------------------------------- memory bank (items 16-20)
@@ -73,7 +81,7 @@ def test_batchnorm_statistics_stay_frozen_while_the_backbone_adapts() -> None:
 
 
 def test_trainable_scope_and_bn_affine_keys_freeze_parameters() -> None:
-    model = tiny_model(trainable_scope=["blocks.6"], train_bn_affine=False)
+    model = tiny_model(trainable_scope=("blocks.6",), train_bn_affine=False)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable
     assert all("blocks.6" in name and ".bn" not in name for name in trainable)
@@ -116,7 +124,7 @@ def test_constant_patch_scores_give_a_constant_map_and_score(monkeypatch: pytest
 
 
 def test_gaussian_sigma_4_uses_a_33_pixel_kernel() -> None:
-    assert tiny_model(sigma=4.0).blur.kernel.shape[-2:] == (33, 33)
+    assert tiny_model(sigma=4.0).scorer.blur.kernel.shape[-2:] == (33, 33)
 
 
 @pytest.mark.parametrize("image_score", ["max", "max_patch", "topk_mean"])
@@ -153,8 +161,14 @@ def test_buffers_of_any_size_load_into_a_fresh_model() -> None:
 def test_lightning_module_validates_its_keys() -> None:
     with pytest.raises(ValueError, match="n_components"):
         SMCC(backbone="efficientnet_lite0", layers=LITE0_LAYERS, pre_trained=False, n_components=1)
-    with pytest.raises(ValueError, match="center_source"):
-        SMCC(backbone="efficientnet_lite0", layers=LITE0_LAYERS, pre_trained=False, center_source="means")
+    with pytest.raises(ValueError, match=r"center_source.*gmm_means"):
+        ClusteringConfig(center_source="means")
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        TrainingConfig(lr_scheduler="step")
+    with pytest.raises(ValueError, match="sampling_rate"):
+        ClusteringConfig(sampling_rate=0.0)
+    assert TrainingConfig(lr_scheduler="cosine").lr_scheduler == "cosine"
+    assert FeatureConfig(trainable_scope="blocks.6").trainable_scope == "blocks.6"
 
 
 def test_lightning_module_defaults_follow_the_paper() -> None:
@@ -162,14 +176,58 @@ def test_lightning_module_defaults_follow_the_paper() -> None:
     assert model.input_size == (224, 224)
     assert model.trainer_arguments == {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
     assert model.hparams.n_components == 10
-    assert model.hparams.sampling_rate == 0.1
+    assert model.hparams.clustering.sampling_rate == 0.1
     assert model.hparams.memory_bank_images == 16
-    assert (model.hparams.lr, model.hparams.weight_decay) == (1e-3, 5e-4)
+    assert (model.hparams.lr, model.hparams.training.weight_decay) == (1e-3, 5e-4)
     assert model.hparams.backbone == "efficientnet_lite0"
-    assert SMCC.__init__.__defaults__[0] == "wide_resnet50_2.tv_in1k"
+    assert inspect.signature(SMCC).parameters["backbone"].default == "wide_resnet50_2.tv_in1k"
+    assert model.model.fusion.target_index == 0
+    assert model.model.num_neighbors == 3
+    assert model.model.scorer.sigma == 4.0
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.defaults["weight_decay"] == 5e-4
+
+
+def test_lightning_module_has_at_most_15_arguments() -> None:
+    assert len(inspect.signature(SMCC).parameters) <= 15
+
+
+def test_groups_reach_the_modules_they_configure() -> None:
+    model = SMCC(
+        backbone="efficientnet_lite0",
+        layers=LITE0_LAYERS,
+        pre_trained=False,
+        image_size=(64, 64),
+        features=FeatureConfig(fusion_layer_index=1, aggregation_kernel=3),
+        clustering=ClusteringConfig(seed=5, center_source="coreset"),
+        training=TrainingConfig(optimizer="adamw", weight_decay=0.01, loss_reduction="sum", lambda_o=0.5),
+        scoring=ScoringConfig(num_neighbors=5, sigma=2.0, image_score="topk_mean", refresh_bank=False),
+    )
+    assert model.input_size == (64, 64)
+    assert model.model.fusion.target_index == 1
+    assert isinstance(model.model.fusion.aggregation, nn.AvgPool2d)
+    assert model.clustering.seed == 5
+    assert (model.loss.reduction, model.loss.lambda_o) == ("sum", 0.5)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["weight_decay"] == 0.01
+    assert (model.model.num_neighbors, model.model.image_score, model.model.scorer.sigma) == (5, "topk_mean", 2.0)
+    assert not model.refresh_memory_bank
+
+
+def test_checkpoint_safe_globals_cover_the_saved_hyperparameters() -> None:
+    model = SMCC(backbone="efficientnet_lite0", layers=LITE0_LAYERS, pre_trained=False)
+    safe = set(SMCC.checkpoint_safe_globals())
+    groups = [value for value in model.hparams.values() if dataclasses.is_dataclass(value)]
+    assert len(groups) == 4
+    assert {type(value) for value in groups} <= safe
+    buffer = io.BytesIO()
+    torch.save(dict(model.hparams), buffer)
+    buffer.seek(0)
+    with torch.serialization.safe_globals(list(safe)):
+        loaded = torch.load(buffer, weights_only=True)
+    assert loaded["clustering"] == model.hparams.clustering
 
 
 def test_paper_memory_bank_size() -> None:

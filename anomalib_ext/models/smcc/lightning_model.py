@@ -14,8 +14,9 @@ Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from anomalib_ext.models import SMCC
+    >>> from anomalib_ext.models.smcc.config import FeatureConfig
     >>> model = SMCC(backbone="efficientnet_lite0", layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
-    ...              fusion_layer_index=1, image_size=(256, 256))
+    ...              image_size=(256, 256), features=FeatureConfig(fusion_layer_index=1))  # doctest: +SKIP
     >>> engine = Engine(max_epochs=30)
     >>> engine.fit(model, datamodule=MVTecAD(category="bottle", train_batch_size=16))  # doctest: +SKIP
 
@@ -24,7 +25,8 @@ Paper: https://doi.org/10.1109/TIM.2023.3273677 (local copy: ``shared/papers/smc
 See Also:
     :class:`anomalib_ext.models.smcc.torch_model.SmccModel`,
     :class:`anomalib_ext.models.smcc.loss.SmccLoss`,
-    :mod:`anomalib_ext.models.smcc.centres`
+    :mod:`anomalib_ext.models.smcc.centres`,
+    :mod:`anomalib_ext.models.smcc.config`: the ablation groups.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-from anomalib_ext.models.defaults import pro_evaluator
+from anomalib_ext.models.components import AnomalibExtModule
+from anomalib_ext.models.defaults import default_evaluator
 
 from .centres import build_centre_set
+from .config import ClusteringConfig, FeatureConfig, ScoringConfig, TrainingConfig
 from .loss import SmccLoss
 from .torch_model import SmccModel
 
@@ -58,58 +61,28 @@ logger = logging.getLogger(__name__)
 __all__ = ["SMCC"]
 
 
-class SMCC(AnomalibModule):
+class SMCC(AnomalibExtModule, AnomalibModule):
     """SMCC Lightning module.
 
     Args:
-        backbone: timm backbone name, resolved offline (A1: ``wide_resnet50_2.tv_in1k``).
-        layers: Tapped layers (A2: layer1..layer4).
-        pre_trained: Load ImageNet weights (tests use False).
-        weights_path: Optional local backbone weights file.
-        image_size: Resize size of the default pre-processor (Sec. IV-A: 224x224; A22).
-        center_crop_size: Optional centre crop after the resize (A22: None).
-        fusion_layer_index: Tapped layer whose resolution the fusion keeps (A3: 0; A24: 1 offline).
-        fusion_upsample_mode: Interpolation of coarser maps in the fusion (A3: bilinear).
-        aggregation_kernel: Neighbourhood mean after fusion, 1 = none (A4).
-        projection_dim: Optional learned 1x1 projection after fusion, None = none (A4).
+        backbone: Adapted backbone (timm name, resolved offline). A1: ``"wide_resnet50_2.tv_in1k"``, the
+            torchvision weights; ``"efficientnet_lite0"`` for the offline variant.
+        layers: Tapped layers, fused into one patch feature (Sec. IV-B: ``layer1..layer4``; A2).
+        pre_trained: Load the backbone's ImageNet weights (tests use ``False``).
+        image_size: Resize size of the default pre-processor (Sec. IV-A: 224 x 224; A22). A centre crop is
+            ``pre_processor=SMCC.configure_pre_processor(image_size, center_crop_size)``.
         n_components: Number of GMM clusters k (Sec. IV-D: 10).
-        sampling_rate: Coreset size as a fraction of the pooled patches (Table II: 0.1; A9).
-        center_source: ``"gmm_means"`` or ``"coreset"`` (A5).
-        bicriteria_size: Number of k-means++ seeds, None = n_components (A7).
-        coreset_alpha: Sensitivity alpha, None = 16 (ln k + 2) (A8).
-        sensitivity_uniform_coef: Coefficient of the third sensitivity term (A8: 2 as printed).
-        coreset_replacement: Draw the coreset with replacement (A9).
-        gmm_covariance_type: Only ``"diag"`` is supported (A10).
-        gmm_max_iter: EM iterations (A10: 100).
-        gmm_tol: EM tolerance on the weighted mean log-likelihood (A10: 1e-3).
-        gmm_reg_covar: Added to GMM variances (A10: 1e-6).
-        max_cluster_patches: Uniform seeded subsample of the clustering pool, None = all (A6).
-        recluster_every_n_epochs: Re-run the clustering every n epochs, 0 = never (A6; not in the paper).
-        cluster_seed: Seed of the clustering generator (A23: 0).
-        memory_bank_images: Images whose patches form the bank (Sec. IV-C: 16; A17).
-        refresh_memory_bank: Re-embed the bank images with the final weights before evaluation (A18).
-        lambda_c: Weight of the centre loss L_c (Eq. 6: 1).
-        lambda_o: Weight of the margin loss L_o (Eq. 6: 1).
-        loss_distance: ``"euclidean"`` or ``"squared_euclidean"`` (A11).
-        loss_reduction: ``"mean"`` or ``"sum"`` over the patches of a batch (A12).
-        distance_eps: Clamp before the square root in the loss (A11: 1e-12).
-        trainable_scope: ``"all"`` or backbone module-name prefixes that train (A13).
-        freeze_bn_stats: Keep BatchNorm running statistics frozen (A13).
-        train_bn_affine: Train BatchNorm affine parameters (A13).
-        optimizer: ``"adam"`` (coupled L2) or ``"adamw"`` (A14).
-        lr: Learning rate (Table II: 0.001).
-        weight_decay: Weight decay (Table II: 0.0005).
-        lr_scheduler: None (constant, A14) or ``"cosine"``.
-        num_neighbors: K of the k-NN score, Eq. (8) (A19: 3).
-        upsample_mode: Interpolation of the patch map to the input size (Sec. III-D: bilinear).
-        sigma: Gaussian smoothing sigma (A20: 4).
-        image_score: ``"max"``, ``"max_patch"`` or ``"topk_mean"`` (A21).
-        image_score_topk: Values averaged by ``"topk_mean"`` (A21: 10).
-        knn_chunk_size: Memory-bank rows per k-NN chunk (memory bound; no effect on results).
-        pre_processor: Pre-processor, or True for :meth:`configure_pre_processor`.
-        post_processor: Post-processor, or True for the default.
-        evaluator: Evaluator, or True for the default (image/pixel AUROC, F1, AUPRO at FPR 0.3).
-        visualizer: Visualizer, or True for the default.
+        memory_bank_images: Images whose patches form the memory bank, at most the training batch size
+            (Sec. IV-C: 16; A17).
+        lr: Learning rate (Table II: 1e-3).
+        features: Fusion and backbone adaptation (:class:`~anomalib_ext.models.smcc.config.FeatureConfig`).
+        clustering: The centre set (:class:`~anomalib_ext.models.smcc.config.ClusteringConfig`).
+        training: Loss and optimiser (:class:`~anomalib_ext.models.smcc.config.TrainingConfig`).
+        scoring: Bank refresh, k-NN score and map (:class:`~anomalib_ext.models.smcc.config.ScoringConfig`).
+        pre_processor: Pre-processor, or ``True`` for :meth:`configure_pre_processor` at ``image_size``.
+        post_processor: Post-processor, or ``True`` for anomalib's.
+        evaluator: Evaluator, or ``True`` for the package's metrics (image/pixel AUROC, F1, AUPRO at FPR 0.3).
+        visualizer: Visualizer, or ``True`` for anomalib's.
     """
 
     def __init__(
@@ -117,140 +90,64 @@ class SMCC(AnomalibModule):
         backbone: str = "wide_resnet50_2.tv_in1k",
         layers: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
         pre_trained: bool = True,
-        weights_path: str | None = None,
-        image_size: tuple[int, int] | None = None,
-        center_crop_size: tuple[int, int] | None = None,
-        fusion_layer_index: int = 0,
-        fusion_upsample_mode: str = "bilinear",
-        aggregation_kernel: int = 1,
-        projection_dim: int | None = None,
+        image_size: tuple[int, int] = (224, 224),
         n_components: int = 10,
-        sampling_rate: float = 0.1,
-        center_source: str = "gmm_means",
-        bicriteria_size: int | None = None,
-        coreset_alpha: float | None = None,
-        sensitivity_uniform_coef: float = 2.0,
-        coreset_replacement: bool = True,
-        gmm_covariance_type: str = "diag",
-        gmm_max_iter: int = 100,
-        gmm_tol: float = 1e-3,
-        gmm_reg_covar: float = 1e-6,
-        max_cluster_patches: int | None = None,
-        recluster_every_n_epochs: int = 0,
-        cluster_seed: int = 0,
         memory_bank_images: int = 16,
-        refresh_memory_bank: bool = True,
-        lambda_c: float = 1.0,
-        lambda_o: float = 1.0,
-        loss_distance: str = "euclidean",
-        loss_reduction: str = "mean",
-        distance_eps: float = 1e-12,
-        trainable_scope: str | Sequence[str] = "all",
-        freeze_bn_stats: bool = True,
-        train_bn_affine: bool = True,
-        optimizer: str = "adam",
         lr: float = 1e-3,
-        weight_decay: float = 5e-4,
-        lr_scheduler: str | None = None,
-        num_neighbors: int = 3,
-        upsample_mode: str = "bilinear",
-        sigma: float = 4.0,
-        image_score: str = "max",
-        image_score_topk: int = 10,
-        knn_chunk_size: int = 16384,
-        pre_processor: nn.Module | bool = True,
-        post_processor: nn.Module | bool = True,
+        features: FeatureConfig = FeatureConfig(),  # noqa: B008  (frozen dataclass)
+        clustering: ClusteringConfig = ClusteringConfig(),  # noqa: B008
+        training: TrainingConfig = TrainingConfig(),  # noqa: B008
+        scoring: ScoringConfig = ScoringConfig(),  # noqa: B008
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size, center_crop_size)
+            pre_processor = self.configure_pre_processor(image_size)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self._validate(center_source, gmm_covariance_type, optimizer, lr_scheduler, n_components, lambda_o)
-        self._validate_sizes(memory_bank_images, sampling_rate, recluster_every_n_epochs)
-        self.model = SmccModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            weights_path=weights_path,
-            fusion_layer_index=fusion_layer_index,
-            fusion_upsample_mode=fusion_upsample_mode,
-            aggregation_kernel=aggregation_kernel,
-            projection_dim=projection_dim,
-            num_neighbors=num_neighbors,
-            sigma=sigma,
-            upsample_mode=upsample_mode,
-            image_score=image_score,
-            image_score_topk=image_score_topk,
-            knn_chunk_size=knn_chunk_size,
-            freeze_bn_stats=freeze_bn_stats,
-            train_bn_affine=train_bn_affine,
-            trainable_scope=trainable_scope,
+        # a plain mapping (JSON, a hand-written dict) becomes the group jsonargparse would have built
+        features, clustering, training, scoring = (
+            group if isinstance(group, kind) else kind(**group)
+            for group, kind in (
+                (features, FeatureConfig),
+                (clustering, ClusteringConfig),
+                (training, TrainingConfig),
+                (scoring, ScoringConfig),
+            )
         )
-        self.loss = SmccLoss(
-            lambda_c=lambda_c, lambda_o=lambda_o, distance=loss_distance, reduction=loss_reduction, eps=distance_eps
-        )
-        self.centre_config = {
-            "n_components": n_components,
-            "sampling_rate": sampling_rate,
-            "center_source": center_source,
-            "bicriteria_size": bicriteria_size,
-            "coreset_alpha": coreset_alpha,
-            "sensitivity_uniform_coef": sensitivity_uniform_coef,
-            "coreset_replacement": coreset_replacement,
-            "gmm_max_iter": gmm_max_iter,
-            "gmm_tol": gmm_tol,
-            "gmm_reg_covar": gmm_reg_covar,
-        }
-        self.max_cluster_patches = max_cluster_patches
-        self.recluster_every_n_epochs = recluster_every_n_epochs
-        self.cluster_seed = cluster_seed
-        self.memory_bank_images = memory_bank_images
-        self.refresh_memory_bank = refresh_memory_bank
-        self.optimizer_name = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.lr_scheduler = lr_scheduler
-
-    @staticmethod
-    def _validate(
-        center_source: str,
-        gmm_covariance_type: str,
-        optimizer: str,
-        lr_scheduler: str | None,
-        n_components: int,
-        lambda_o: float,
-    ) -> None:
-        choices = {
-            "center_source": (center_source, ("gmm_means", "coreset")),
-            "gmm_covariance_type": (gmm_covariance_type, ("diag",)),
-            "optimizer": (optimizer, ("adam", "adamw")),
-            "lr_scheduler": (lr_scheduler, (None, "cosine")),
-        }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                msg = f"{key} must be one of {allowed}, got {value!r}"
-                raise ValueError(msg)
-        if n_components < 2 and lambda_o > 0:
+        if n_components < 2 and training.lambda_o > 0:
             msg = f"n_components must be >= 2 when lambda_o > 0 (L_o needs a second-nearest centre), got {n_components}"
             raise ValueError(msg)
-
-    @staticmethod
-    def _validate_sizes(memory_bank_images: int, sampling_rate: float, recluster_every_n_epochs: int) -> None:
         if memory_bank_images < 1:
             msg = f"memory_bank_images must be >= 1, got {memory_bank_images}"
             raise ValueError(msg)
-        if not 0 < sampling_rate <= 1:
-            msg = f"sampling_rate must be in (0, 1], got {sampling_rate}"
-            raise ValueError(msg)
-        if recluster_every_n_epochs < 0:
-            msg = f"recluster_every_n_epochs must be >= 0, got {recluster_every_n_epochs}"
-            raise ValueError(msg)
+        self.model = SmccModel(
+            backbone=backbone, layers=layers, pre_trained=pre_trained, features=features, scoring=scoring
+        )
+        self.loss = SmccLoss(
+            lambda_c=training.lambda_c,
+            lambda_o=training.lambda_o,
+            distance=training.loss_distance,
+            reduction=training.loss_reduction,
+            eps=training.distance_eps,
+        )
+        self.n_components = n_components
+        self.memory_bank_images = memory_bank_images
+        self.lr = lr
+        self.clustering = clustering
+        self.training_config = training
+        self.refresh_memory_bank = scoring.refresh_bank
+
+    @classmethod
+    def checkpoint_safe_globals(cls) -> Sequence[Any]:
+        """The ablation groups saved in the hyper-parameters (``weights_only`` loading)."""
+        return (FeatureConfig, ClusteringConfig, TrainingConfig, ScoringConfig)
 
     # ------------------------------------------------------------------ anomalib hooks
     @classmethod
@@ -274,11 +171,11 @@ class SMCC(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Image/pixel AUROC and F1 plus the papers' PRO (``AUPRO(fpr_limit=0.3)``); image AUROC on validation."""
-        return pro_evaluator(fpr_limit=0.3, val_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
+        """The package's test metrics (AUPRO up to FPR 0.3, the papers' PRO), plus image AUROC on validation."""
+        return default_evaluator(val_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
 
     def configure_post_processor(self) -> PostProcessor:
-        """The default one-class post-processor of anomalib."""
+        """Anomalib's one-class post-processor (the numbers published for SMCC were measured with it)."""
         return PostProcessor()
 
     @property
@@ -294,9 +191,10 @@ class SMCC(AnomalibModule):
     def configure_optimizers(self) -> Any:
         """Adam with coupled L2 weight decay on every trainable parameter (Table II, A14)."""
         parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        optimizer_class = torch.optim.Adam if self.optimizer_name == "adam" else torch.optim.AdamW
-        optimizer = optimizer_class(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        if self.lr_scheduler == "cosine":
+        config = self.training_config
+        optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        optimizer = optimizer_class(parameters, lr=self.lr, weight_decay=config.weight_decay)
+        if config.lr_scheduler == "cosine":
             epochs = max(1, self.trainer.max_epochs or 1)
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
             return {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -350,10 +248,24 @@ class SMCC(AnomalibModule):
             )
             raise ValueError(msg)
         patches = torch.cat(pool)
-        generator = torch.Generator().manual_seed(self.cluster_seed)
-        if self.max_cluster_patches is not None and patches.shape[0] > self.max_cluster_patches:
-            patches = patches[torch.randperm(patches.shape[0], generator=generator)[: self.max_cluster_patches]]
-        centres = build_centre_set(patches, generator=generator, **self.centre_config)
+        config = self.clustering
+        generator = torch.Generator().manual_seed(config.seed)
+        if config.max_cluster_patches is not None and patches.shape[0] > config.max_cluster_patches:
+            patches = patches[torch.randperm(patches.shape[0], generator=generator)[: config.max_cluster_patches]]
+        centres = build_centre_set(
+            patches,
+            n_components=self.n_components,
+            sampling_rate=config.sampling_rate,
+            center_source=config.center_source,
+            bicriteria_size=config.bicriteria_size,
+            coreset_alpha=config.coreset_alpha,
+            sensitivity_uniform_coef=config.sensitivity_uniform_coef,
+            coreset_replacement=config.coreset_replacement,
+            gmm_max_iter=config.gmm_max_iter,
+            gmm_tol=config.gmm_tol,
+            gmm_reg_covar=config.gmm_reg_covar,
+            generator=generator,
+        )
         return centres, torch.cat(bank_images)
 
     def _fit_centres(self, initialise_bank: bool = True) -> None:
@@ -372,7 +284,7 @@ class SMCC(AnomalibModule):
     def on_train_start(self) -> None:
         """Check sizes, freeze BatchNorm (T2) and run stage 0 unless the centres come from a checkpoint (T14)."""
         if self._world_size > 1 and not self.refresh_memory_bank:
-            msg = "refresh_memory_bank=False is not supported under DDP: the bank is rebuilt from all ranks (T18)"
+            msg = "scoring.refresh_bank=False is not supported under DDP: the bank is rebuilt from all ranks (T18)"
             raise ValueError(msg)
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(datamodule, "train_batch_size", None)
@@ -388,8 +300,9 @@ class SMCC(AnomalibModule):
 
     def on_train_epoch_start(self) -> None:
         """Re-apply the BatchNorm freeze (Lightning restores modes after validation, T2); optional re-clustering."""
+        super().on_train_epoch_start()
         self.model.freeze_batchnorm()
-        n = self.recluster_every_n_epochs
+        n = self.clustering.recluster_every_n_epochs
         if n > 0 and self.current_epoch > 0 and self.current_epoch % n == 0:
             self._fit_centres(initialise_bank=False)
 

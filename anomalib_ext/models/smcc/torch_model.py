@@ -19,15 +19,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from anomalib.data import InferenceBatch
-from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.base import DynamicBufferMixin
 from torch import nn
 
 from anomalib_ext.backbones import FeatureExtractor
+from anomalib_ext.models.components import AnomalyScorer
 
+from .config import FeatureConfig, ScoringConfig
 from .fusion import MultiLayerFusion
-
-IMAGE_SCORES = ("max", "max_patch", "topk_mean")
 
 
 class SmccModel(DynamicBufferMixin, nn.Module):
@@ -42,19 +41,8 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         layers: Tapped layers (A2).
         pre_trained: Load ImageNet weights (False only for tests).
         weights_path: Optional local weights file for the backbone.
-        fusion_layer_index: Tapped layer whose resolution the fusion keeps (A3, A24).
-        fusion_upsample_mode: Interpolation for coarser maps in the fusion (A3).
-        aggregation_kernel: Neighbourhood mean after fusion; 1 = none (A4).
-        projection_dim: Optional learned 1x1 projection after fusion (A4).
-        num_neighbors: K of the k-NN score, Eq. (8) (A19).
-        sigma: Gaussian smoothing sigma of the anomaly map (A20).
-        upsample_mode: Interpolation of the patch map to the input size (Sec. III-D: bilinear).
-        image_score: ``"max"`` of the smoothed map, ``"max_patch"`` or ``"topk_mean"`` (A21).
-        image_score_topk: Number of map values averaged by ``"topk_mean"`` (A21).
-        knn_chunk_size: Memory-bank rows per k-NN chunk (bounds memory; static trip count).
-        freeze_bn_stats: Keep BatchNorm running statistics frozen while the backbone adapts (A13).
-        train_bn_affine: Let BatchNorm affine parameters train (A13).
-        trainable_scope: ``"all"`` or a list of backbone module-name prefixes that train (A13).
+        features: Fusion and backbone adaptation (:class:`~anomalib_ext.models.smcc.config.FeatureConfig`).
+        scoring: k-NN score, upsampling, smoothing (:class:`~anomalib_ext.models.smcc.config.ScoringConfig`).
 
     Example:
         >>> model = SmccModel("resnet18", ["layer1", "layer2"], pre_trained=False)
@@ -68,27 +56,10 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3", "layer4"),
         pre_trained: bool = True,
         weights_path: str | None = None,
-        fusion_layer_index: int = 0,
-        fusion_upsample_mode: str = "bilinear",
-        aggregation_kernel: int = 1,
-        projection_dim: int | None = None,
-        num_neighbors: int = 3,
-        sigma: float = 4.0,
-        upsample_mode: str = "bilinear",
-        image_score: str = "max",
-        image_score_topk: int = 10,
-        knn_chunk_size: int = 16384,
-        freeze_bn_stats: bool = True,
-        train_bn_affine: bool = True,
-        trainable_scope: str | Sequence[str] = "all",
+        features: FeatureConfig = FeatureConfig(),  # noqa: B008  (frozen dataclass)
+        scoring: ScoringConfig = ScoringConfig(),  # noqa: B008
     ) -> None:
         super().__init__()
-        if image_score not in IMAGE_SCORES:
-            msg = f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}"
-            raise ValueError(msg)
-        if num_neighbors < 1 or knn_chunk_size < 1:
-            msg = f"num_neighbors and knn_chunk_size must be >= 1, got {num_neighbors}, {knn_chunk_size}"
-            raise ValueError(msg)
         self.layers = list(layers)
         self.feature_extractor = FeatureExtractor(
             backbone, layers=self.layers, pre_trained=pre_trained, requires_grad=True, weights=weights_path
@@ -99,19 +70,21 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         self.fusion = MultiLayerFusion(
             self.feature_extractor.out_dims,
             self.feature_extractor.reductions,
-            target_index=fusion_layer_index,
-            upsample_mode=fusion_upsample_mode,
-            aggregation_kernel=aggregation_kernel,
-            projection_dim=projection_dim,
+            target_index=features.fusion_layer_index,
+            upsample_mode=features.fusion_upsample_mode,
+            aggregation_kernel=features.aggregation_kernel,
+            projection_dim=features.projection_dim,
         )
-        self.num_neighbors = num_neighbors
-        self.upsample_mode = upsample_mode
-        self.image_score = image_score
-        self.image_score_topk = image_score_topk
-        self.knn_chunk_size = knn_chunk_size
-        self.freeze_bn_stats = freeze_bn_stats
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1)
-        self._set_trainable(trainable_scope, train_bn_affine)
+        self.num_neighbors = scoring.num_neighbors
+        self.upsample_mode = scoring.upsample_mode
+        self.image_score = scoring.image_score
+        self.image_score_topk = scoring.image_score_topk
+        self.knn_chunk_size = scoring.knn_chunk_size
+        self.freeze_bn_stats = features.freeze_bn_stats
+        # the map is smoothed and its max is the score as in every model of the package; "max_patch" and
+        # "topk_mean" (A21, a count of values, not a fraction) replace the score in forward
+        self.scorer = AnomalyScorer(sigma=scoring.sigma, score_mode="max")
+        self._set_trainable(features.trainable_scope, features.train_bn_affine)
         self._freeze_unused_parameters()
 
         channels = self.fusion.out_channels
@@ -239,12 +212,12 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         patch_scores = self.nearest_distances(self.to_patches(features)).reshape(-1, 1, height, width)
         align = False if self.upsample_mode in {"bilinear", "bicubic"} else None
         upsampled = F.interpolate(patch_scores, size=images.shape[-2:], mode=self.upsample_mode, align_corners=align)
-        anomaly_map = self.blur(upsampled)
+        output = self.scorer(upsampled)
         if self.image_score == "max":
-            pred_score = anomaly_map.amax(dim=(-3, -2, -1))
-        elif self.image_score == "max_patch":
+            return output
+        if self.image_score == "max_patch":
             pred_score = patch_scores.amax(dim=(-3, -2, -1))
         else:
-            flat = anomaly_map.flatten(1)
+            flat = output.anomaly_map.flatten(1)
             pred_score = flat.topk(min(self.image_score_topk, flat.shape[1]), dim=1).values.mean(dim=1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=output.anomaly_map)
