@@ -79,7 +79,6 @@ TINY_MODELS: dict[str, tuple[dict, int, int]] = {
     ),
     "N2N": (
         {
-            "image_size": [32, 32],
             "base_channels": 8,
             "lr": 2e-3,
             "early_stopping_patience": 0,

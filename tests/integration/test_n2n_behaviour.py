@@ -37,8 +37,8 @@ def test_defects_score_higher_and_map_peaks_inside_mask(tmp_path: Path) -> None:
     root = make_fake_mvtec(tmp_path / "data", image_size=SIZE, n_train=16, n_test_good=4, n_test_defect=6)
     datamodule = MVTecAD(root=root, category="toy", train_batch_size=8, eval_batch_size=8, num_workers=0)
     model = N2N(
-        image_size=(SIZE, SIZE),
         base_channels=8,
+        pre_processor=N2N.configure_pre_processor((SIZE, SIZE)),
         lr=2e-3,
         early_stopping_patience=0,
         restore_best_weights=False,  # a fixed schedule: nothing is selected on the (test) validation set

@@ -20,7 +20,7 @@ from tests.helpers.datasets import make_fake_mvtec
 pytestmark = pytest.mark.slow
 
 SIZE = 64
-TINY = {"image_size": (SIZE, SIZE), "base_channels": 8, "lr": 1e-3, "early_stopping_patience": 0}
+TINY = {"base_channels": 8, "lr": 1e-3, "early_stopping_patience": 0}
 # Torch (fp32) vs OpenVINO compiled with INFERENCE_PRECISION_HINT=f32 on the same pre-resized image.
 PARITY_ATOL = 1e-4
 # OpenVINO at the device's default precision (bf16 network on CPUs with AVX512-BF16/AMX, f32 error
@@ -45,7 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         val_split_ratio=0.25,
         seed=0,
     )
-    model = N2N(**TINY)
+    model = N2N(**TINY, pre_processor=N2N.configure_pre_processor((SIZE, SIZE)))
     engine = Engine(max_epochs=1, default_root_dir=root / "results", accelerator="cpu", devices=1)
     engine.fit(model, datamodule=datamodule)
     return {"root": root, "data_root": data_root, "datamodule": datamodule, "model": model, "engine": engine}
@@ -173,8 +173,6 @@ def test_cli_trains_by_short_name(trained: dict, tmp_path: Path) -> None:
         "fit",
         "--model",
         "N2N",
-        "--model.image_size",
-        f"[{SIZE}, {SIZE}]",
         "--model.base_channels",
         "8",
         "--data",
@@ -222,7 +220,9 @@ def test_checkpoint_on_disk_is_the_restored_best_epoch(tmp_path: Path) -> None:
         val_split_ratio=0.34,
         seed=0,
     )
-    model = N2N(image_size=(32, 32), base_channels=8, lr=1e-2, early_stopping_patience=0)
+    model = N2N(
+        base_channels=8, lr=1e-2, early_stopping_patience=0, pre_processor=N2N.configure_pre_processor((32, 32))
+    )
     engine = Engine(max_epochs=4, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
     engine.fit(model, datamodule=datamodule)
     checkpoint = engine.trainer.checkpoint_callback

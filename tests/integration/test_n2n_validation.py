@@ -87,7 +87,7 @@ def _fit_and_test(tmp_path: Path, **kwargs: object) -> dict[str, float]:
         val_split_ratio=0.5,
         seed=0,
     )
-    model = N2N(image_size=(SIZE, SIZE), base_channels=4, visualizer=False, **kwargs)
+    model = N2N(base_channels=4, pre_processor=N2N.configure_pre_processor((SIZE, SIZE)), visualizer=False, **kwargs)
     model.model = _GreyLevelMaps()
     engine = Engine(
         max_epochs=1,
@@ -102,7 +102,10 @@ def _fit_and_test(tmp_path: Path, **kwargs: object) -> dict[str, float]:
 
 
 def test_default_post_processor_keeps_the_order_of_the_maps(tmp_path: Path) -> None:
-    assert isinstance(N2N(image_size=(SIZE, SIZE), base_channels=4).post_processor, OrderPreservingPostProcessor)
+    assert isinstance(
+        N2N(base_channels=4, pre_processor=N2N.configure_pre_processor((SIZE, SIZE))).post_processor,
+        OrderPreservingPostProcessor,
+    )
     metrics = _fit_and_test(tmp_path)
     # raw maps: every defect pixel (0.9) is above every other pixel (<= 0.6) -> exactly 1
     for name in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max", "pixel_AUPR"):
@@ -125,7 +128,7 @@ def test_selection_on_the_test_set_is_refused(tmp_path: Path, selection: dict) -
     root = _write_dataset(tmp_path / "data")
     datamodule = MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
     assert datamodule.val_split_mode == "same_as_test"  # anomalib's default for MVTec-like data
-    model = N2N(image_size=(SIZE, SIZE), base_channels=4, visualizer=False, **selection)
+    model = N2N(base_channels=4, pre_processor=N2N.configure_pre_processor((SIZE, SIZE)), visualizer=False, **selection)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
     with pytest.raises(ValueError, match="val_split_mode from_train") as error:
         engine.fit(model, datamodule=datamodule)
@@ -138,8 +141,8 @@ def test_a_fixed_schedule_may_validate_on_the_test_set(tmp_path: Path) -> None:
     root = _write_dataset(tmp_path / "data")
     datamodule = MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
     model = N2N(
-        image_size=(SIZE, SIZE),
         base_channels=4,
+        pre_processor=N2N.configure_pre_processor((SIZE, SIZE)),
         visualizer=False,
         early_stopping_patience=0,
         restore_best_weights=False,

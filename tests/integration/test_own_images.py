@@ -54,7 +54,9 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     },
     "N2N": {
         "epochs": 1,
-        "build": lambda: N2N(image_size=(SIZE, SIZE), base_channels=8, early_stopping_patience=0),
+        "build": lambda: N2N(
+            base_channels=8, early_stopping_patience=0, pre_processor=N2N.configure_pre_processor((SIZE, SIZE))
+        ),
     },
     "RBAE": {
         "epochs": 2,

@@ -19,6 +19,8 @@ See Also:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,7 +51,9 @@ class ResidualAttentionModule(nn.Module):
         activation: A8: activation in the body, ``"relu"`` or ``"prelu"``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, reduction: int = 8, activation: str = "relu") -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, reduction: int = 8, activation: Literal["relu", "prelu"] = "relu"
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, out_channels, 1)
         self.body = nn.Sequential(
@@ -154,7 +158,7 @@ class N2NReconstructionNetwork(nn.Module):
         depth: int = 4,
         use_residual_attention: bool = True,
         ram_reduction: int = 8,
-        ram_activation: str = "relu",
+        ram_activation: Literal["relu", "prelu"] = "relu",
         skff_reduction: int = 8,
         share_input_stem: bool = True,
         skip_conv: bool = True,

@@ -20,10 +20,14 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .config import ErrorMapConfig
 
 PADDINGS = ("zeros", "reflect")
 CHANNEL_REDUCTIONS = ("mean", "max")
@@ -72,9 +76,9 @@ class MSSSIML1Map(nn.Module):
         k2: float = 0.03,
         constants_squared: bool = True,
         data_range: float = 1.0,
-        padding: str = "zeros",
+        padding: Literal["zeros", "reflect"] = "zeros",
         channels: int = 3,
-        channel_reduction: str = "mean",
+        channel_reduction: Literal["mean", "max"] = "mean",
     ) -> None:
         super().__init__()
         sigmas = tuple(float(s) for s in sigmas)
@@ -180,12 +184,12 @@ class N2NLoss(nn.Module):
         k2: float = 0.03,
         constants_squared: bool = True,
         data_range: float = 1.0,
-        padding: str = "zeros",
-        channel_reduction: str = "mean",
-        metric_space: str = "unit",
+        padding: Literal["zeros", "reflect"] = "zeros",
+        channel_reduction: Literal["mean", "max"] = "mean",
+        metric_space: Literal["unit", "normalized"] = "unit",
         norm_mean: float = 0.5,
         norm_std: float = 0.5,
-        reduction: str = "mean",
+        reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
         if metric_space not in METRIC_SPACES:
@@ -209,6 +213,38 @@ class N2NLoss(nn.Module):
             channel_reduction=channel_reduction,
         )
         self.reduction = reduction
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ErrorMapConfig,
+        norm_mean: float = 0.5,
+        norm_std: float = 0.5,
+        reduction: Literal["mean", "sum"] = "mean",
+    ) -> N2NLoss:
+        """The loss (or error map) of an :class:`~anomalib_ext.models.n2n.config.ErrorMapConfig`.
+
+        Args:
+            config: The error-map group of the Lightning module.
+            norm_mean: Mean of the pre-processor's normalisation.
+            norm_std: Std of the pre-processor's normalisation.
+            reduction: A17: ``"mean"`` or ``"sum"`` of the per-pixel map (``forward`` only).
+        """
+        return cls(
+            sigmas=config.msssim_sigmas,
+            kernel_size=config.kernel_size,
+            alpha=config.alpha,
+            k1=config.k1,
+            k2=config.k2,
+            constants_squared=config.constants_squared,
+            data_range=config.data_range,
+            padding=config.padding,
+            channel_reduction=config.channel_reduction,
+            metric_space=config.metric_space,
+            norm_mean=norm_mean,
+            norm_std=norm_std,
+            reduction=reduction,
+        )
 
     def error_map(self, reconstruction: Tensor, clean: Tensor) -> Tensor:
         """Per-pixel map ``(B, 1, H, W)`` between two normalised-space images."""
