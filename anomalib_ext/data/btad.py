@@ -38,6 +38,9 @@ from anomalib.data.utils import LabelName, Split
 from pandas import DataFrame
 from torchvision.transforms.v2 import Transform
 
+#: The three BTAD products.
+CATEGORIES = ("01", "02", "03")
+
 MASK_SUFFIXES = (".png", ".bmp")
 
 
@@ -94,8 +97,25 @@ class BTADDataset(BTechDataset):
 class BTAD(BTech):
     """anomalib's ``BTech`` datamodule reading copies that keep the original ``.bmp`` files.
 
-    Same arguments and behaviour as :class:`anomalib.data.BTech`; only the mask look-up differs.
+    Same arguments and behaviour as :class:`anomalib.data.BTech`; only the mask look-up differs, and an
+    unknown ``category`` fails at construction (before anomalib would start a download).
+
+    Raises:
+        ValueError: ``category`` is not one of :data:`CATEGORIES` (the message lists them).
     """
+
+    @property
+    def category(self) -> str:
+        """The BTAD product, ``"01"``, ``"02"`` or ``"03"``."""
+        return self._category
+
+    @category.setter
+    def category(self, category: str) -> None:
+        # anomalib's BTech.__init__ assigns self.category: checking here keeps BTech's signature for the CLI.
+        if str(category) not in CATEGORIES:
+            msg = f"Unknown BTAD category {category!r}; valid categories: {', '.join(CATEGORIES)} (as strings)."
+            raise ValueError(msg)
+        self._category = str(category)
 
     def _setup(self, _stage: str | None = None) -> None:
         self.train_data = BTADDataset(split=Split.TRAIN, root=self.root, category=self.category)

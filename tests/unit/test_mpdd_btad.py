@@ -97,3 +97,13 @@ def test_missing_mpdd_folder_gives_instructions(tmp_path):
     with pytest.raises(RuntimeError, match="manual download") as info:
         MPDD(root=tmp_path / "MPDD", category="tubes").prepare_data()
     assert str(tmp_path / "MPDD") in str(info.value)
+
+
+@pytest.mark.parametrize("category", ["04", "1", 3])
+def test_btad_unknown_category_names_the_valid_ones_before_any_download(tmp_path, monkeypatch, category):
+    def no_download(*_args, **_kwargs):
+        pytest.fail("BTAD started a download for an unknown category")
+
+    monkeypatch.setattr(btech_module, "download_and_extract", no_download, raising=False)
+    with pytest.raises(ValueError, match=r"Unknown BTAD category .*valid categories: 01, 02, 03"):
+        BTAD(root=tmp_path / "missing", category=category)
