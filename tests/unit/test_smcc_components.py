@@ -15,7 +15,7 @@ from anomalib_ext.models.smcc.centres import (
     sensitivities,
     sensitivity_coreset,
 )
-from anomalib_ext.models.smcc.config import FeatureConfig
+from anomalib_ext.models.smcc.config import ClusteringConfig, FeatureConfig
 from anomalib_ext.models.smcc.fusion import MultiLayerFusion
 from anomalib_ext.models.smcc.loss import SmccLoss
 from anomalib_ext.models.smcc.torch_model import SmccModel
@@ -203,7 +203,8 @@ def test_default_alpha_and_coreset_size() -> None:
     assert default_coreset_alpha(10) == pytest.approx(16 * (math.log(10) + 2))
     assert default_coreset_alpha(10) == pytest.approx(68.841, abs=1e-3)
     pool = torch.randn(1234, 4, generator=torch.Generator().manual_seed(0))
-    centres = build_centre_set(pool, 3, center_source="coreset", generator=torch.Generator().manual_seed(0))
+    coreset = ClusteringConfig(center_source="coreset")
+    centres = build_centre_set(pool, 3, coreset, generator=torch.Generator().manual_seed(0))
     assert centres.shape[0] <= math.ceil(0.1 * 1234)  # duplicates removed from the 124 draws
     assert torch.unique(centres, dim=0).shape[0] == centres.shape[0]
 

@@ -20,6 +20,8 @@ import torch
 from anomalib.models.components.base import DynamicBufferMixin
 from torch import nn
 
+from .config import ClusteringConfig
+
 MULTINOMIAL_LIMIT = 2**24
 
 
@@ -181,27 +183,29 @@ class WeightedDiagGMM(DynamicBufferMixin, nn.Module):
 def build_centre_set(
     pool: torch.Tensor,
     n_components: int,
-    sampling_rate: float = 0.1,
-    center_source: str = "gmm_means",
-    bicriteria_size: int | None = None,
-    coreset_alpha: float | None = None,
-    sensitivity_uniform_coef: float = 2.0,
-    coreset_replacement: bool = True,
-    gmm_max_iter: int = 100,
-    gmm_tol: float = 1e-3,
-    gmm_reg_covar: float = 1e-6,
+    config: ClusteringConfig = ClusteringConfig(),  # noqa: B008  (frozen dataclass)
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Algorithm 2: pooled patches ``(N, C)`` -> centres (``(k, C)`` GMM means or ``(m', C)`` unique coreset points)."""
+    """Algorithm 2: pooled patches ``(N, C)`` -> centres (``(k, C)`` GMM means or ``(m', C)`` unique coreset points).
+
+    Args:
+        pool: The pooled patch features.
+        n_components: Number of GMM clusters k.
+        config: Coreset and GMM settings (``max_cluster_patches``, ``recluster_every_n_epochs`` and ``seed``
+            act in the Lightning module).
+        generator: Random generator of the k-means++ and coreset draws.
+    """
     pool = pool.float()
-    seeds = kmeanspp_seeds(pool, bicriteria_size or n_components, generator)
-    alpha = default_coreset_alpha(n_components) if coreset_alpha is None else coreset_alpha
-    size = max(math.ceil(sampling_rate * pool.shape[0]), n_components)
+    seeds = kmeanspp_seeds(pool, config.bicriteria_size or n_components, generator)
+    alpha = default_coreset_alpha(n_components) if config.coreset_alpha is None else config.coreset_alpha
+    size = max(math.ceil(config.sampling_rate * pool.shape[0]), n_components)
     coreset, weights, indices = sensitivity_coreset(
-        pool, seeds, size, alpha, sensitivity_uniform_coef, coreset_replacement, generator
+        pool, seeds, size, alpha, config.sensitivity_uniform_coef, config.coreset_replacement, generator
     )
-    if center_source == "coreset":
+    if config.center_source == "coreset":
         return pool[torch.unique(indices)]  # A9: duplicates removed (T16)
     init_means = seeds if seeds.shape[0] == n_components else kmeanspp_seeds(coreset, n_components, generator)
-    gmm = WeightedDiagGMM(n_components, max_iter=gmm_max_iter, tol=gmm_tol, reg_covar=gmm_reg_covar)
+    gmm = WeightedDiagGMM(
+        n_components, max_iter=config.gmm_max_iter, tol=config.gmm_tol, reg_covar=config.gmm_reg_covar
+    )
     return gmm.fit(coreset, weights, init_means).means.float()

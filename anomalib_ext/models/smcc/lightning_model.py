@@ -252,20 +252,7 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         generator = torch.Generator().manual_seed(config.seed)
         if config.max_cluster_patches is not None and patches.shape[0] > config.max_cluster_patches:
             patches = patches[torch.randperm(patches.shape[0], generator=generator)[: config.max_cluster_patches]]
-        centres = build_centre_set(
-            patches,
-            n_components=self.n_components,
-            sampling_rate=config.sampling_rate,
-            center_source=config.center_source,
-            bicriteria_size=config.bicriteria_size,
-            coreset_alpha=config.coreset_alpha,
-            sensitivity_uniform_coef=config.sensitivity_uniform_coef,
-            coreset_replacement=config.coreset_replacement,
-            gmm_max_iter=config.gmm_max_iter,
-            gmm_tol=config.gmm_tol,
-            gmm_reg_covar=config.gmm_reg_covar,
-            generator=generator,
-        )
+        centres = build_centre_set(patches, self.n_components, config, generator)
         return centres, torch.cat(bank_images)
 
     def _fit_centres(self, initialise_bank: bool = True) -> None:

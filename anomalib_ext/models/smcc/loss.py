@@ -6,6 +6,8 @@ See Also:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -22,8 +24,8 @@ class SmccLoss(nn.Module):
     Args:
         lambda_c: Weight of L_c (Eq. 6: 1).
         lambda_o: Weight of L_o (Eq. 6: 1).
-        distance: ``"euclidean"`` or ``"squared_euclidean"`` (A11).
-        reduction: ``"mean"`` over all patches of the batch or ``"sum"`` (A12).
+        distance: ``"euclidean"`` or ``"squared_euclidean"`` (A11; checked by ``TrainingConfig``).
+        reduction: ``"mean"`` over all patches of the batch or ``"sum"`` (A12; checked by ``TrainingConfig``).
         eps: Clamp before the square root (A11: 1e-12).
 
     Example:
@@ -37,17 +39,11 @@ class SmccLoss(nn.Module):
         self,
         lambda_c: float = 1.0,
         lambda_o: float = 1.0,
-        distance: str = "euclidean",
-        reduction: str = "mean",
+        distance: Literal["euclidean", "squared_euclidean"] = "euclidean",
+        reduction: Literal["mean", "sum"] = "mean",
         eps: float = 1e-12,
     ) -> None:
         super().__init__()
-        if distance not in {"euclidean", "squared_euclidean"}:
-            msg = f"loss_distance must be 'euclidean' or 'squared_euclidean', got {distance!r}"
-            raise ValueError(msg)
-        if reduction not in {"mean", "sum"}:
-            msg = f"loss_reduction must be 'mean' or 'sum', got {reduction!r}"
-            raise ValueError(msg)
         self.lambda_c = lambda_c
         self.lambda_o = lambda_o
         self.distance = distance
