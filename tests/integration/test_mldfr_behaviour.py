@@ -28,6 +28,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
 from anomalib_ext.models import MLDFR
+from anomalib_ext.models.mldfr.config import RestorerConfig
 from tests.helpers.datasets import make_fake_mvtec
 
 pytestmark = pytest.mark.slow
@@ -50,10 +51,8 @@ def predictions(tmp_path_factory: pytest.TempPathFactory) -> dict:
         cnn_backbone="efficientnet_lite0",
         cnn_layers=[1, 2, 3],
         vit_backbone=None,
-        deep_branch=False,
-        num_blocks=2,
-        gaussian_sigma=8.0 * SIZE / 384,
-        damage_seed=0,
+        restorer=RestorerConfig(num_blocks=2),
+        sigma=8.0 * SIZE / 384,
         pre_processor=MLDFR.configure_pre_processor((SIZE, SIZE)),
         evaluator=False,
         visualizer=False,

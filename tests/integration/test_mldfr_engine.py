@@ -15,6 +15,7 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from anomalib_ext.models import MLDFR
+from anomalib_ext.models.mldfr.config import FeatureConfig, RestorerConfig
 from tests.helpers.datasets import make_fake_mvtec
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,9 @@ def _model() -> MLDFR:
         cnn_backbone="efficientnet_lite0",
         cnn_layers=[1, 2, 3],
         vit_backbone=None,
-        deep_branch=True,
-        num_blocks=2,
-        gaussian_sigma=2.0,
-        damage_seed=0,
+        sigma=2.0,
+        features=FeatureConfig(deep_branch=True),
+        restorer=RestorerConfig(num_blocks=2),
         pre_processor=MLDFR.configure_pre_processor(IMAGE_SIZE),
     )
 
@@ -136,9 +136,9 @@ def test_cli_trains_by_short_name(tmp_path: Path) -> None:
         "[1, 2, 3]",
         "--model.vit_backbone",
         "null",
-        "--model.deep_branch",
+        "--model.features.deep_branch",
         "true",
-        "--model.num_blocks",
+        "--model.restorer.num_blocks",
         "1",
         "--model.pre_trained",
         "false",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from anomalib_ext.models.components import AnomalyScorer
 from anomalib_ext.models.mldfr.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.mldfr.restorer import FeatureRestorer, RestorationBlock
 
@@ -69,8 +70,14 @@ def test_heads_must_divide_width() -> None:
         RestorationBlock(30, num_heads=8)
 
 
+def _smoothed_map(input_size: tuple[int, int], sigma: float):
+    """The model's map path: eq. 8 upsampled (AnomalyMapGenerator), then the shared Gaussian smoothing."""
+    generator, scorer = AnomalyMapGenerator(input_size=input_size), AnomalyScorer(sigma=sigma)
+    return lambda restored, target: scorer(generator(restored, target)).anomaly_map
+
+
 def test_map_and_score_are_zero_when_restoration_is_perfect() -> None:
-    generator = AnomalyMapGenerator(input_size=(64, 64), sigma=4.0)
+    generator = _smoothed_map((64, 64), sigma=4.0)
     features = torch.rand(2, 8, 4, 4)
     anomaly_map = generator(features, features.clone())
     assert anomaly_map.shape == (2, 1, 64, 64)
@@ -78,14 +85,14 @@ def test_map_and_score_are_zero_when_restoration_is_perfect() -> None:
 
 
 def test_map_before_upsampling_is_channel_sum_of_squared_error() -> None:
-    generator = AnomalyMapGenerator(input_size=(1, 2), sigma=0.0)
+    generator = AnomalyMapGenerator(input_size=(1, 2))
     target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]).view(1, 2, 1, 2)  # (C=2) x (L=2) as a 1 x 2 grid
     restored = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]).view(1, 2, 1, 2)
     torch.testing.assert_close(generator(restored, target), torch.tensor([[[[1.0, 1.0]]]]))
 
 
 def test_constant_error_stays_constant_after_upsampling_and_blur() -> None:
-    generator = AnomalyMapGenerator(input_size=(64, 64), sigma=4.0)
+    generator = _smoothed_map((64, 64), sigma=4.0)
     target = torch.zeros(1, 3, 4, 4)
     restored = torch.full((1, 3, 4, 4), 0.5)
     anomaly_map = generator(restored, target)
@@ -93,7 +100,7 @@ def test_constant_error_stays_constant_after_upsampling_and_blur() -> None:
 
 
 def test_single_wrong_token_peaks_inside_its_cell() -> None:
-    generator = AnomalyMapGenerator(input_size=(64, 64), sigma=4.0)
+    generator = _smoothed_map((64, 64), sigma=4.0)
     target = torch.zeros(1, 4, 4, 4)
     restored = target.clone()
     restored[0, :, 1, 2] = 1.0  # token (row 1, col 2) -> pixels rows 16..31, cols 32..47
@@ -105,12 +112,12 @@ def test_single_wrong_token_peaks_inside_its_cell() -> None:
 
 
 def test_sum_then_upsample_equals_upsample_then_sum() -> None:
-    generator = AnomalyMapGenerator(input_size=(32, 32), sigma=0.0)
+    generator = AnomalyMapGenerator(input_size=(32, 32))
     restored, target = torch.rand(1, 5, 4, 4), torch.rand(1, 5, 4, 4)
     per_channel = torch.nn.functional.interpolate((restored - target) ** 2, size=(32, 32), mode="bilinear")
     torch.testing.assert_close(generator(restored, target), per_channel.sum(1, keepdim=True), atol=1e-5, rtol=1e-5)
 
 
 def test_paper_smoothing_kernel_is_65_for_sigma_8() -> None:
-    blur = AnomalyMapGenerator(input_size=(384, 384), sigma=8.0).blur
+    blur = AnomalyScorer(sigma=8.0).blur
     assert tuple(blur.kernel.shape[-2:]) == (65, 65)

@@ -63,8 +63,10 @@ def test_all_zero_target_channel_gives_finite_loss_of_at_least_lambda_over_c() -
     assert loss.item() >= 140.0 / 4 - 1e-4
 
 
-def test_loss_rejects_unknown_options() -> None:
+def test_loss_options_reject_unknown_values() -> None:
+    from anomalib_ext.models.mldfr.config import TrainingConfig
+
     with pytest.raises(ValueError, match="channel_reduction"):
-        MLDFRLoss(channel_reduction="max")
+        TrainingConfig(channel_reduction="max")
     with pytest.raises(ValueError, match="cosine_axis"):
-        MLDFRLoss(cosine_axis="time")
+        TrainingConfig(cosine_axis="time")

@@ -6,16 +6,23 @@ import pytest
 import torch
 from anomalib.data import InferenceBatch
 
+from anomalib_ext.models.mldfr.config import AnomalyMapConfig, FeatureConfig, RestorerConfig
 from anomalib_ext.models.mldfr.feature_extractor import MultilevelFeatureExtractor
 from anomalib_ext.models.mldfr.torch_model import MLDFRModel
 
 OFFLINE = {"cnn_backbone": "efficientnet_lite0", "cnn_layers": [1, 2, 3], "vit_backbone": None}
+DEEP_BRANCH = FeatureConfig(deep_branch=True)
 
 
 @pytest.fixture(scope="module")
 def offline_model() -> MLDFRModel:
     return MLDFRModel(
-        **OFFLINE, deep_branch=True, input_size=(64, 64), num_blocks=1, gaussian_sigma=2.0, pre_trained=False
+        **OFFLINE,
+        input_size=(64, 64),
+        pre_trained=False,
+        sigma=2.0,
+        features=DEEP_BRANCH,
+        restorer=RestorerConfig(num_blocks=1),
     )
 
 
@@ -44,7 +51,7 @@ def test_offline_low_level_channels_are_shared_and_deep_pair_differs(offline_mod
 
 
 def test_cnn_only_variant_has_176_channels() -> None:
-    extractor = MultilevelFeatureExtractor(**OFFLINE, deep_branch=False, input_size=(64, 64), pre_trained=False)
+    extractor = MultilevelFeatureExtractor(**OFFLINE, input_size=(64, 64), pre_trained=False)
     assert extractor.num_channels == 176
     assert extractor(torch.rand(1, 3, 64, 64))[0].shape == (1, 176, 4, 4)
 
@@ -67,9 +74,9 @@ def test_eval_forward_returns_map_and_score(offline_model: MLDFRModel) -> None:
     output = offline_model(images)
     assert isinstance(output, InferenceBatch)
     assert output.anomaly_map.shape == (3, 1, 64, 64)
-    assert output.pred_score.shape == (3, 1)
+    assert output.pred_score.shape == (3,)
     assert (output.anomaly_map >= 0).all()
-    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(-2, -1)), rtol=0, atol=0)
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(1, 2, 3)), rtol=0, atol=0)
     again = offline_model(images)  # no damage or randomness in eval
     torch.testing.assert_close(again.anomaly_map, output.anomaly_map, rtol=0, atol=0)
 
@@ -93,7 +100,7 @@ def test_state_dict_holds_restorer_and_backbone_buffers_but_not_constants(offlin
 @pytest.mark.slow  # about 30 s on 2 shared cores: CaiT and a 736-wide restorer at 384 px
 def test_paper_configuration_shapes_at_384() -> None:
     # ResNet-18 layer1-3 + CaiT-XS24 blocks 5/15 (random weights), one restoration block for speed.
-    model = MLDFRModel(input_size=(384, 384), num_blocks=1, pre_trained=False).eval()
+    model = MLDFRModel(input_size=(384, 384), pre_trained=False, restorer=RestorerConfig(num_blocks=1)).eval()
     extractor = model.feature_extractor
     images = torch.rand(1, 3, 384, 384)
     taps = list(extractor.cnn(images).values())
@@ -112,12 +119,14 @@ def test_paper_configuration_shapes_at_384() -> None:
         output = model(images)
     assert model.restorer.pos_embed.shape == (1, 576, 736)
     assert output.anomaly_map.shape == (1, 1, 384, 384)
-    assert output.pred_score.shape == (1, 1)
+    assert output.pred_score.shape == (1,)
 
 
 def test_invalid_options_are_rejected() -> None:
-    with pytest.raises(ValueError, match="score_aggregation"):
-        MLDFRModel(**OFFLINE, input_size=(64, 64), score_aggregation="median", pre_trained=False)
+    with pytest.raises(ValueError, match="score_mode"):
+        MLDFRModel(**OFFLINE, input_size=(64, 64), anomaly_map=AnomalyMapConfig(score_mode="median"), pre_trained=False)
+    with pytest.raises(ValueError, match="cnn_backbone"):
+        MLDFRModel(cnn_backbone=None, vit_backbone="cait_xs24_384", features=DEEP_BRANCH, pre_trained=False)
     with pytest.raises(ValueError, match="at least one backbone"):
         MultilevelFeatureExtractor(cnn_backbone=None, vit_backbone=None, pre_trained=False)
 
@@ -138,8 +147,36 @@ def test_unknown_cnn_layer_is_named_with_the_accepted_taps(layers: list, bad: st
 def test_lightning_model_rejects_an_unknown_cnn_layer_by_value() -> None:
     from anomalib_ext.models import MLDFR
 
-    with pytest.raises(ValueError, match=r"cnn_layers value 9 .*accepted taps are 0 = 'blocks.0'"):
+    with pytest.raises(ValueError, match=r"cnn_layers value 9 .*accepted taps are 0 = 'blocks.0'") as info:
         MLDFR(cnn_backbone="efficientnet_lite0", cnn_layers=[1, 2, 9], vit_backbone=None, pre_trained=False)
+    assert "4 = 'blocks.6' (stride 32)" in str(info.value)  # the accepted range: taps 0 to 4
+
+
+def test_topk_score_averages_the_highest_fraction_of_the_smoothed_map() -> None:
+    model = MLDFRModel(
+        **OFFLINE,
+        input_size=(64, 64),
+        pre_trained=False,
+        sigma=2.0,
+        restorer=RestorerConfig(num_blocks=1),
+        anomaly_map=AnomalyMapConfig(score_mode="topk", topk_fraction=0.01),
+    ).eval()
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, 64, 64))
+    expected = output.anomaly_map.flatten(1).topk(int(0.01 * 64 * 64), dim=1).values.mean(dim=1)
+    torch.testing.assert_close(output.pred_score, expected)
+
+
+def test_score_against_input_compares_with_the_input_side() -> None:
+    # A3: with the CNN-only fusion both sides are the same features, so the two readings agree
+    kwargs = {**OFFLINE, "input_size": (64, 64), "pre_trained": False, "restorer": RestorerConfig(num_blocks=1)}
+    torch.manual_seed(0)
+    target = MLDFRModel(**kwargs).eval()
+    torch.manual_seed(0)
+    inputs = MLDFRModel(**kwargs, anomaly_map=AnomalyMapConfig(score_against="input")).eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(target(images).anomaly_map, inputs(images).anomaly_map)
 
 
 @pytest.mark.parametrize("layers", [[3, 1, 2], [1, 1, 3]])

@@ -9,7 +9,7 @@ The fused features of an image concatenate, along channels and on the stride-16 
    paper these are CaiT-XS24-384 blocks 5 and 15. Offline (no pretrained transformer, A31) they are
    the first and last block of EfficientNet-Lite0's stage 5, upsampled x2 to the grid.
 
-Either deep source can be switched off (``vit_backbone=None``, ``deep_branch=False``): with neither,
+Either deep source can be switched off (``vit_backbone=None``, ``FeatureConfig.deep_branch=False``): with neither,
 this is the paper's CNN-only MLDFR (Table VII "R18 1+2+3"); with no CNN it is "CaiT 15-5".
 
 Backbones come from :mod:`anomalib_ext.backbones` (offline-first weights), are frozen
@@ -18,9 +18,10 @@ Backbones come from :mod:`anomalib_ext.backbones` (offline-first weights), are f
 Example:
     >>> import torch
     >>> from anomalib_ext.models.mldfr.feature_extractor import MultilevelFeatureExtractor
+    >>> from anomalib_ext.models.mldfr.config import FeatureConfig
     >>> extractor = MultilevelFeatureExtractor(
-    ...     "efficientnet_lite0", [1, 2, 3], vit_backbone=None, deep_branch=True,
-    ...     input_size=(64, 64), pre_trained=False)
+    ...     "efficientnet_lite0", [1, 2, 3], vit_backbone=None, input_size=(64, 64), pre_trained=False,
+    ...     config=FeatureConfig(deep_branch=True))
     >>> f_in, f_tgt = extractor(torch.rand(1, 3, 64, 64))
     >>> f_in.shape, extractor.num_channels, extractor.grid_size
     (torch.Size([1, 368, 4, 4]), 368, (4, 4))
@@ -42,7 +43,7 @@ from torch import nn
 
 from anomalib_ext.backbones import FeatureExtractor, create_model
 
-CNN_POOLS = ("max", "avg")
+from .config import FeatureConfig
 
 
 def _split_tap(tap: str) -> tuple[str, int]:
@@ -105,45 +106,34 @@ class MultilevelFeatureExtractor(nn.Module):
         cnn_backbone: A1: timm name of the CNN (``"resnet18.tv_in1k"`` in the paper), or ``None``.
         cnn_layers: CNN taps (timm feature names or indices), shallow to deep; all are pooled to
             the grid of the last one.
-        cnn_pool: A4: ``"max"`` (paper text) or ``"avg"`` (public code) 2x2 pooling.
         vit_backbone: timm name of the CaiT (``"cait_xs24_384.fb_dist_in1k"``), or ``None``.
-        vit_input_block: A2: 1-based CaiT block whose output is the input-side deep feature (5).
-        vit_target_block: A2: 1-based CaiT block whose output is the target-side deep feature (15).
-        deep_branch: A31: offline stand-in for CaiT: two blocks of the CNN stage after the last tap.
-        deep_input_tap: A31: block giving the input-side deep feature (``"blocks.5.0"``).
-        deep_target_tap: A31: block giving the target-side deep feature (``"blocks.5.3"``).
-        deep_upsample: A31: interpolation mode bringing the deep pair to the grid.
         input_size: ``(H, W)`` of the images (sets CaiT's patch grid; fixed for export).
         pre_trained: Real ImageNet weights (``False`` only for tests where weights do not matter).
+        config: Pooling, CaiT blocks and the offline deep branch
+            (:class:`~anomalib_ext.models.mldfr.config.FeatureConfig`; its input fields are not used here).
     """
 
     def __init__(
         self,
         cnn_backbone: str | None = "resnet18.tv_in1k",
         cnn_layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
-        cnn_pool: str = "max",
         vit_backbone: str | None = "cait_xs24_384.fb_dist_in1k",
-        vit_input_block: int = 5,
-        vit_target_block: int = 15,
-        deep_branch: bool = False,
-        deep_input_tap: str = "blocks.5.0",
-        deep_target_tap: str = "blocks.5.3",
-        deep_upsample: str = "bilinear",
         input_size: tuple[int, int] = (384, 384),
         pre_trained: bool = True,
+        config: FeatureConfig | None = None,
     ) -> None:
         super().__init__()
-        if cnn_pool not in CNN_POOLS:
-            msg = f"cnn_pool={cnn_pool!r} is invalid: accepted values are {CNN_POOLS}."
-            raise ValueError(msg)
+        config = config or FeatureConfig()
         if cnn_backbone is None and vit_backbone is None:
             msg = "MLDFR needs at least one backbone: set cnn_backbone or vit_backbone."
             raise ValueError(msg)
-        if deep_branch and cnn_backbone is None:
+        if config.deep_branch and cnn_backbone is None:
             msg = "deep_branch=True takes its blocks from the CNN: set cnn_backbone."
             raise ValueError(msg)
-        self.cnn_pool = cnn_pool
-        self.deep_upsample = deep_upsample
+        self.cnn_pool = config.cnn_pool
+        self.deep_upsample = config.deep_upsample
+        deep_branch = config.deep_branch
+        vit_input_block, vit_target_block = config.vit_input_block, config.vit_target_block
         self.input_size = tuple(int(side) for side in input_size)
         height, width = self.input_size
         self.grid_size = (height // 16, width // 16)
@@ -164,7 +154,7 @@ class MultilevelFeatureExtractor(nn.Module):
             self.cnn_pool_steps = [round(math.log2(reductions[-1] / r)) for r in reductions]
             self.num_channels += sum(info.channels())
             if deep_branch:
-                self._build_deep_branch(info.module_name()[-1], deep_input_tap, deep_target_tap)
+                self._build_deep_branch(info.module_name()[-1], config.deep_input_tap, config.deep_target_tap)
                 self.num_channels += self.deep_output_channels
 
         self.vit: nn.Module | None = None

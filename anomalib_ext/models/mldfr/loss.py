@@ -14,12 +14,11 @@ See Also:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-CHANNEL_REDUCTIONS = ("mean", "sum")
-COSINE_AXES = ("spatial", "channel")
 
 
 class MLDFRLoss(nn.Module):
@@ -39,22 +38,19 @@ class MLDFRLoss(nn.Module):
         cosine_axis: A20: ``"spatial"`` (one cosine per channel over positions, eq. 5) or
             ``"channel"`` (one cosine per position across channels, averaged).
         use_mse: Table X ablation: ``False`` drops ``L_val`` ("cosine distance only").
+
+    The choices are checked where they are configured
+    (:class:`~anomalib_ext.models.mldfr.config.TrainingConfig`, and the command line's parser).
     """
 
     def __init__(
         self,
         loss_lambda: float = 140.0,
-        channel_reduction: str = "mean",
-        cosine_axis: str = "spatial",
+        channel_reduction: Literal["mean", "sum"] = "mean",
+        cosine_axis: Literal["spatial", "channel"] = "spatial",
         use_mse: bool = True,
     ) -> None:
         super().__init__()
-        if channel_reduction not in CHANNEL_REDUCTIONS:
-            msg = f"channel_reduction={channel_reduction!r} is invalid: accepted values are {CHANNEL_REDUCTIONS}."
-            raise ValueError(msg)
-        if cosine_axis not in COSINE_AXES:
-            msg = f"cosine_axis={cosine_axis!r} is invalid: accepted values are {COSINE_AXES}."
-            raise ValueError(msg)
         self.loss_lambda = loss_lambda
         self.channel_reduction = channel_reduction
         self.cosine_axis = cosine_axis

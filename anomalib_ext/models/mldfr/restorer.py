@@ -20,12 +20,12 @@ See Also:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from timm.layers import Attention, Mlp, trunc_normal_
 from timm.models.cait import TalkingHeadAttn
 from torch import nn
-
-ATTENTION_TYPES = ("talking_heads", "standard", "none")
 
 
 class RestorationBlock(nn.Module):
@@ -57,15 +57,12 @@ class RestorationBlock(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
         dropout: float = 0.0,
-        attention_type: str = "standard",
+        attention_type: Literal["standard", "talking_heads", "none"] = "standard",
         layer_scale: bool = True,
         layer_scale_init: float = 1e-5,
         layer_scale_on_attention: bool = False,
     ) -> None:
         super().__init__()
-        if attention_type not in ATTENTION_TYPES:
-            msg = f"attention_type={attention_type!r} is invalid: accepted values are {ATTENTION_TYPES}."
-            raise ValueError(msg)
         if attention_type != "none" and dim % num_heads:
             msg = f"num_heads={num_heads} must divide the feature width {dim}."
             raise ValueError(msg)
