@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from anomalib_ext.models.components import ScoreModeName
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -107,7 +109,7 @@ class ErrorMapConfig:
     metric_space: Literal["unit", "normalized"] = "unit"
     channel_reduction: Literal["mean", "max"] = "mean"
     sigma: float = 0.0
-    score_mode: Literal["max", "mean", "topk"] = "max"
+    score_mode: ScoreModeName = "max"
     topk_fraction: float = 0.01
 
 
