@@ -41,10 +41,11 @@ TINY_MODELS: dict[str, tuple[dict, int, int]] = {
             "cnn_backbone": "efficientnet_lite0",
             "cnn_layers": [1, 2, 3],
             "vit_backbone": None,
-            "features": {"deep_branch": True},
-            "restorer": {"num_blocks": 2},
-            "sigma": 2.0,
+            "deep_branch": True,
+            "num_blocks": 2,
+            "gaussian_sigma": 2.0,
             "pre_trained": True,
+            "damage_seed": 0,
         },
         2,
         IMAGE_SIZE,
@@ -64,14 +65,12 @@ TINY_MODELS: dict[str, tuple[dict, int, int]] = {
     ),
     "RBAE": (
         {
-            "input_size": [IMAGE_SIZE, IMAGE_SIZE],
-            "encoder_channels": [8, 16, 32, 32, 32],
-            "ffm_mid_channels": 16,
+            "network": {"encoder_channels": [8, 16, 32, 32, 32], "ffm_mid_channels": 16},
             "perceptual_backbone": "efficientnet_lite0",
             "perceptual_layers": [0, 1, 2],
             "pre_trained": True,
-            "phase1_epochs": 3,
-            "phase2_epochs": 12,
+            "phase1": {"epochs": 3},
+            "phase2": {"epochs": 12},
         },
         15,
         IMAGE_SIZE,
@@ -172,7 +171,7 @@ def test_ddp_spawn_trains_and_its_checkpoint_loads(model_name: str, tmp_path: Pa
     # to show that the hooks that gather or broadcast state work there too.
     init_args, _, size = TINY_MODELS[model_name]
     if model_name == "RBAE":
-        init_args = {**init_args, "phase1_epochs": 1, "phase2_epochs": 1}
+        init_args = {**init_args, "phase1": {"epochs": 1}, "phase2": {"epochs": 1}}
     epochs = 2 if model_name == "RBAE" else 1
     data_root = make_fake_mvtec(tmp_path / "data", image_size=size, n_train=8)
     _train(

@@ -13,6 +13,7 @@ from anomalib.engine import Engine
 from torchmetrics.classification import BinaryAUROC
 
 from anomalib_ext.models import RBAE
+from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
 from tests.helpers.datasets import make_fake_mvtec
 
 pytestmark = pytest.mark.slow
@@ -37,12 +38,11 @@ def test_defects_score_higher_and_map_peaks_inside_the_defect(tmp_path: Path) ->
     data_root = make_fake_mvtec(tmp_path / "data", n_train=8, n_test_good=4, n_test_defect=6, image_size=SIZE)
     datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=2, eval_batch_size=10, num_workers=0)
     model = RBAE(
-        phase1_epochs=3,
-        phase2_epochs=12,
+        phase1=Phase1Config(epochs=3),
+        phase2=Phase2Config(epochs=12),
         lr=1e-3,
-        input_size=(SIZE, SIZE),
-        encoder_channels=(8, 16, 32, 32, 32),
-        ffm_mid_channels=16,
+        pre_processor=RBAE.configure_pre_processor((SIZE, SIZE)),
+        network=NetworkConfig(encoder_channels=(8, 16, 32, 32, 32), ffm_mid_channels=16),
         perceptual_backbone="efficientnet_lite0",
         perceptual_layers=(0, 1),
         evaluator=False,

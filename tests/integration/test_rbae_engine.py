@@ -17,15 +17,15 @@ from anomalib.deploy import ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
 
 from anomalib_ext.models import RBAE
+from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
 from tests.helpers.datasets import make_fake_mvtec
 
 pytestmark = pytest.mark.slow
 
 SIZE = 64
 TINY = {
-    "input_size": (SIZE, SIZE),
-    "encoder_channels": (8, 16, 32, 32, 32),
-    "ffm_mid_channels": 16,
+    "pre_processor": RBAE.configure_pre_processor((SIZE, SIZE)),
+    "network": NetworkConfig(encoder_channels=(8, 16, 32, 32, 32), ffm_mid_channels=16),
     "perceptual_backbone": "efficientnet_lite0",
     "perceptual_layers": (0, 1, 2),
     "pre_trained": False,
@@ -49,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("rbae_engine")
     data_root = make_fake_mvtec(root / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=SIZE)
     datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=2, eval_batch_size=2, num_workers=0)
-    model = RBAE(phase1_epochs=1, phase2_epochs=1, **TINY)
+    model = RBAE(phase1=Phase1Config(epochs=1), phase2=Phase2Config(epochs=1), **TINY)
     engine = Engine(max_epochs=2, default_root_dir=root / "results", accelerator="cpu", devices=1)
     engine.fit(model=model, datamodule=datamodule)
     return {"root": root, "data_root": data_root, "datamodule": datamodule, "model": model, "engine": engine}
@@ -83,7 +83,10 @@ def test_checkpoint_loads_with_weights_only(trained: dict) -> None:
         next(Path(trained["root"], "results").rglob("*.ckpt"))
     )
     loaded = RBAE.load_from_checkpoint(ckpt, map_location="cpu")  # anomalib loads with weights_only=True
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain safe load works too
+    # a plain safe load works too, with the ablation groups allow-listed
+    with torch.serialization.safe_globals(list(RBAE.checkpoint_safe_globals())):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["network"] == TINY["network"]
     assert "model.ref_feat_5" in state["state_dict"]
     assert bool(loaded.model.ref_ready)
     assert torch.equal(loaded.model.ref_feat_3, trained["model"].model.ref_feat_3)
@@ -130,15 +133,16 @@ def test_cli_short_name_fit(trained: dict, tmp_path: Path) -> None:
         "fit",
         "--model",
         "RBAE",
-        "--model.phase1_epochs",
+        "--model.phase1.epochs",
         "1",
-        "--model.phase2_epochs",
+        "--model.phase2.epochs",
         "1",
-        "--model.input_size",
-        f"[{SIZE}, {SIZE}]",
-        "--model.encoder_channels",
+        "--model.pre_processor",
+        '{"class_path": "anomalib.pre_processing.PreProcessor", "init_args": {"transform": '
+        f'{{"class_path": "torchvision.transforms.v2.Resize", "init_args": {{"size": [{SIZE}, {SIZE}]}}}}}}}}',
+        "--model.network.encoder_channels",
         "[8, 8, 8, 8, 8]",
-        "--model.ffm_mid_channels",
+        "--model.network.ffm_mid_channels",
         "8",
         "--model.perceptual_backbone",
         "efficientnet_lite0",

@@ -19,12 +19,11 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from anomalib_ext.models import RBAE
+from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
 
 SIZE = 64
 TINY = {
-    "input_size": (SIZE, SIZE),
-    "encoder_channels": (8, 8, 16, 16, 16),
-    "ffm_mid_channels": 8,
+    "network": NetworkConfig(encoder_channels=(8, 8, 16, 16, 16), ffm_mid_channels=8),
     "perceptual_backbone": "efficientnet_lite0",
     "perceptual_layers": (0, 1),
     "pre_trained": False,
@@ -34,6 +33,11 @@ TINY = {
 }
 N_IMAGES = 6
 BATCH = 2  # 3 batches (optimiser steps) per epoch
+
+
+def tiny(**kwargs) -> RBAE:
+    """The tiny model with its own 64 px resize-only pre-processor."""
+    return RBAE(**TINY, pre_processor=RBAE.configure_pre_processor((SIZE, SIZE)), **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +106,7 @@ def fit(model: RBAE, **trainer_args: object) -> tuple[Trainer, PhaseRecorder]:
 
 def test_phases_split_max_steps_so_a_learning_curve_run_ends_in_phase2() -> None:
     """The harness's learning-curve mode trains with ``max_steps`` and ``max_epochs=-1``."""
-    model = RBAE(phase1_fraction=0.5, **TINY)
+    model = tiny(phase1_fraction=0.5)
     trainer, recorder = fit(model, max_steps=7, max_epochs=-1)
     assert trainer.global_step == 7
     assert recorder.phases == [1, 1, 1, 1, 2, 2, 2]  # round(0.5 * 7) = 4 phase-1 steps
@@ -110,7 +114,7 @@ def test_phases_split_max_steps_so_a_learning_curve_run_ends_in_phase2() -> None
 
 
 def test_phases_split_max_epochs() -> None:
-    model = RBAE(**TINY)  # phase1_fraction 2/3, the paper's 400 of 600 epochs
+    model = tiny()  # phase1_fraction 2/3, the paper's 400 of 600 epochs
     trainer, recorder = fit(model, max_epochs=3)
     assert trainer.global_step == 9
     assert recorder.phases == [1] * 6 + [2] * 3
@@ -119,20 +123,20 @@ def test_phases_split_max_epochs() -> None:
 
 def test_a_trainer_without_finite_schedule_is_refused() -> None:
     with pytest.raises(ValueError, match="no finite schedule"):
-        fit(RBAE(**TINY), max_epochs=-1, max_steps=-1)
+        fit(tiny(), max_epochs=-1, max_steps=-1)
 
 
 def test_too_short_a_schedule_for_two_phases_is_refused() -> None:
     with pytest.raises(ValueError, match="too short for two phases"):
-        fit(RBAE(**TINY), max_steps=1, max_epochs=-1)
+        fit(tiny(), max_steps=1, max_epochs=-1)
 
 
 def test_paper_literal_epoch_counts_must_match_the_trainer() -> None:
     with pytest.raises(ValueError, match="max_epochs=3"):
-        fit(RBAE(phase1_epochs=2, phase2_epochs=1, **TINY), max_epochs=5)
+        fit(tiny(phase1=Phase1Config(epochs=2), phase2=Phase2Config(epochs=1)), max_epochs=5)
     with pytest.raises(ValueError, match="max_steps=4"):
-        fit(RBAE(phase1_epochs=2, phase2_epochs=1, **TINY), max_epochs=3, max_steps=4)
-    _, recorder = fit(RBAE(phase1_epochs=2, phase2_epochs=1, **TINY), max_epochs=3)
+        fit(tiny(phase1=Phase1Config(epochs=2), phase2=Phase2Config(epochs=1)), max_epochs=3, max_steps=4)
+    _, recorder = fit(tiny(phase1=Phase1Config(epochs=2), phase2=Phase2Config(epochs=1)), max_epochs=3)
     assert recorder.phases == [1] * 6 + [2] * 3
 
 
@@ -144,7 +148,7 @@ def test_phase2_freezes_the_encoder(reset_optimizer: bool) -> None:
     reconstruction; with one optimiser (A27 alternative) Adam then moved it, so the stored reference
     features no longer matched the encoder.
     """
-    model = RBAE(phase1_fraction=0.5, reset_optimizer_between_phases=reset_optimizer, **TINY)
+    model = tiny(phase1_fraction=0.5, phase2=Phase2Config(reset_optimizer=reset_optimizer))
     _, recorder = fit(model, max_epochs=2)
     assert recorder.phases == [1] * 3 + [2] * 3
     assert recorder.encoder_at_phase2 is not None
@@ -167,7 +171,7 @@ def test_reference_is_taken_from_the_training_batches_in_path_order(reference_in
     The dataset has no ``samples`` table and there is no datamodule; before the fix RB-AE read the
     reference file through them and could not train here.
     """
-    model = RBAE(phase1_fraction=0.5, reference_index=reference_index, **TINY)
+    model = tiny(phase1_fraction=0.5, phase2=Phase2Config(reference_index=reference_index))
     fit(model, max_epochs=2)
     dataset = InMemoryImages()
     expected_path = f"/data/train/good/img_{reference_index:02d}.png"

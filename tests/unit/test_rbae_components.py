@@ -18,6 +18,7 @@ from anomalib_ext.models.rbae.components import (
     patchify,
     unpatchify,
 )
+from anomalib_ext.models.rbae.config import NetworkConfig
 from anomalib_ext.models.rbae.torch_model import RbaeModel
 
 SMALL = (8, 8, 16, 16, 16)
@@ -92,8 +93,9 @@ def test_rbfrm_default_scale_repairs_a_defect_patch_with_its_best_matching_textu
     about 60 % of the weight goes to A, the repair is a blend of A and B. The default temperature
     (contextual attention's 10) puts > 95 % of the weight on A patches.
     """
-    default = inspect.signature(RbaeModel.__init__).parameters["rbfrm_softmax_scale"].default
-    assert inspect.signature(RBAE.__init__).parameters["rbfrm_softmax_scale"].default == default
+    default = NetworkConfig().rbfrm_softmax_scale
+    assert inspect.signature(RBAE.__init__).parameters["network"].default.rbfrm_softmax_scale == default
+    assert default == 10.0
     reference, features, a, b, index = _two_texture_reference()
     is_a = torch.arange(1024) % 2 == 0
     for scale, selects in ((default, True), (1.0, False)):
@@ -169,7 +171,7 @@ def test_decoder_and_fdm_shapes() -> None:
 
 
 def test_model_eval_output_and_score_is_map_max() -> None:
-    model = RbaeModel(input_size=(64, 64), encoder_channels=SMALL, ffm_mid_channels=8).eval()
+    model = RbaeModel(input_size=(64, 64), network=NetworkConfig(encoder_channels=SMALL, ffm_mid_channels=8)).eval()
     out = model(torch.rand(3, 3, 64, 64))
     assert out.pred_score.shape == (3,)
     assert out.anomaly_map.shape == (3, 1, 64, 64)
@@ -180,7 +182,7 @@ def test_model_eval_output_and_score_is_map_max() -> None:
 
 
 def test_eq11_constant_maps_give_the_constant() -> None:
-    model = RbaeModel(input_size=(64, 64), encoder_channels=SMALL)
+    model = RbaeModel(input_size=(64, 64), network=NetworkConfig(encoder_channels=SMALL))
     c = 0.3
     logit1 = math.log(c / (1 - c))
     logits = [torch.tensor([0.0, logit1]).view(1, 2, 1, 1).expand(1, 2, s, s) for s in (64, 32, 16)]
@@ -196,7 +198,7 @@ def test_input_size_not_divisible_by_64_is_rejected() -> None:
 
 
 def test_reference_buffers_in_state_dict_and_set_in_eval_mode() -> None:
-    model = RbaeModel(input_size=(64, 64), encoder_channels=SMALL, ffm_mid_channels=8)
+    model = RbaeModel(input_size=(64, 64), network=NetworkConfig(encoder_channels=SMALL, ffm_mid_channels=8))
     state = model.state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items() if k.startswith("ref_")}
     assert shapes == {

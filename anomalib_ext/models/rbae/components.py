@@ -25,6 +25,7 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -234,11 +235,10 @@ class Decoder(nn.Module):
         out_activation: A5: ``"sigmoid"`` (reconstruction in [0, 1]) or ``"none"``.
     """
 
-    def __init__(self, channels: Sequence[int] = (64, 128, 256, 512, 512), out_activation: str = "sigmoid") -> None:
+    def __init__(
+        self, channels: Sequence[int] = (64, 128, 256, 512, 512), out_activation: Literal["sigmoid", "none"] = "sigmoid"
+    ) -> None:
         super().__init__()
-        if out_activation not in {"sigmoid", "none"}:
-            msg = f"decoder_out_activation must be 'sigmoid' or 'none', got {out_activation!r}."
-            raise ValueError(msg)
         c = tuple(channels)
         self.block4 = double_conv(c[4] + c[3], c[2])
         self.block3 = double_conv(c[2] + c[2], c[1])

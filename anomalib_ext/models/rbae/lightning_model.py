@@ -26,6 +26,7 @@ Example:
 See Also:
     - :class:`anomalib_ext.models.rbae.torch_model.RbaeModel`: the network.
     - :class:`anomalib_ext.models.rbae.loss.RbaeLoss`: the losses.
+    - :mod:`anomalib_ext.models.rbae.config`: the ablation groups.
     - :class:`anomalib_ext.augment.PerlinTextureAnomaly`: the synthetic defects.
 """
 
@@ -50,11 +51,12 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.augment import PerlinTextureAnomaly, rank_generator
-from anomalib_ext.models.defaults import pro_evaluator, reject_normalize
+from anomalib_ext.models.components import AnomalibExtModule
+from anomalib_ext.models.defaults import reject_normalize
 from anomalib_ext.models.rbae.components import PerceptualNetwork
+from anomalib_ext.models.rbae.config import DefectConfig, NetworkConfig, Phase1Config, Phase2Config, as_config
 from anomalib_ext.models.rbae.loss import RbaeLoss
 from anomalib_ext.models.rbae.torch_model import RbaeModel
-from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +65,7 @@ __all__ = ["RBAE"]
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning runs when neither max_epochs nor max_steps is set
 
 
-def _only(name: str, value: Any, supported: Any) -> None:
-    """Reject values of assumption keys whose alternatives are not implemented."""
-    if value != supported:
-        msg = f"{name}={value!r} is not implemented; only {supported!r} (the spec default) is."
-        raise NotImplementedError(msg)
-
-
-class RBAE(AnomalibModule):
+class RBAE(AnomalibExtModule, AnomalibModule):
     """RB-AE Lightning module: two training phases, reference buffers, MSFDM anomaly map.
 
     Args:
@@ -78,256 +73,104 @@ class RBAE(AnomalibModule):
             decoder); the rest is phase 2 (RBAM + decoder + MSFDM, encoder frozen). Paper: 400 of
             600 epochs, 2/3. The step count comes from ``trainer.estimated_stepping_batches``
             (``max_epochs`` or ``max_steps``); a trainer without a finite schedule is refused.
-        phase1_epochs: paper-literal alternative: epochs of phase 1 (paper: 400). Set together with
-            ``phase2_epochs``; the trainer must then run exactly ``phase1_epochs + phase2_epochs``
-            epochs, else training stops at start with an error.
-        phase2_epochs: epochs of phase 2 with ``phase1_epochs`` (paper: 200).
-        lr: Adam learning rate (paper: 1e-4).
+            ``phase1.epochs`` and ``phase2.epochs`` replace it with fixed epoch counts.
+        lr: Adam learning rate of both phases (paper: 1e-4).
         weight_decay: Adam (coupled L2) weight decay (paper: 1e-5).
-        input_size: image size ``(H, W)`` of the resize-only pre-processor and of the reference
-            buffers (paper: 256 x 256); must be divisible by 64.
-        encoder_channels: A2: channels of the five encoder levels.
-        encoder_strides: A3: strides of the five encoder levels (only (1, 2, 2, 2, 2)).
-        encoder_block: A1: encoder level design (only ``"double_conv"``).
-        norm_layer: A1: normalisation of the conv blocks (only ``"batch"``).
-        rbfrm_patch_sizes: RBFRM patch sizes K (paper: 2 and 4).
-        rbfrm_softmax_scale: A6: softmax temperature of the RBFRM similarities. Paper Eq. 4: 1,
-            with which no reference patch gets more than ``e / (e + N - 1)`` of the weight (the
-            repair is the mean reference patch); contextual attention, cited by the paper: 10.
-        rbfrm_learn_scale: A6: learn the RBFRM temperatures, starting from ``rbfrm_softmax_scale``.
-        rbfrm_eps: A7: epsilon of the cosine-similarity normalisation.
-        ffm_mid_channels: FFM squeeze channels (paper: 64).
-        ffm_kernel_size: FFM kernel m (paper: 5).
-        ffm_squeeze_norm: A8: BN + ReLU after the FFM squeeze.
-        decoder_upsample: A4: decoder upsampling (only ``"bilinear"``).
-        decoder_skip_levels: A4: decoder skip levels (only (3, 4), carrying RBAM outputs).
-        decoder_out_activation: A5: ``"sigmoid"`` (reconstruction in [0, 1]) or ``"none"``.
-        fdm_hidden_ratios: A9: FDM hidden widths as fractions of the level channels.
-        fdm_num_classes: A9: FDM output classes (only 2).
-        am_weights: lambda_1..3 of Eq. 11 (paper: 0.2, 0.2, 0.6).
-        am_upsample_align_corners: A10: ``align_corners`` of the bilinear upsampling ``g``.
-        image_score: A11: image score from the map (only ``"max"``).
-        image_score_pool_size: A11: average-pool size before the max (0: none).
-        anomaly_map_sigma: A12: Gaussian smoothing of the map (0: none).
         anomaly_source_path: A14: folder of natural images for the defect textures (paper:
-            ImageNet; DRAEM: DTD). ``None``: anomalib's Perlin-noise textures (``texture_source``).
-        texture_source: A14: ``"auto"`` (the folder if given, else ``"noise"``), ``"folder"``
-            (``anomaly_source_path`` required, the paper config), ``"batch"`` or ``"noise"`` (see
-            :class:`~anomalib_ext.augment.PerlinTextureAnomaly`).
-        augment_anomaly_source: A14: 3 random DRAEM ops on every texture.
-        perlin_rotation_range: A13: rotation range of the Perlin noise in degrees.
-        perlin_dual_mask: A13: union of two Perlin masks (default: single mask).
-        blend_factor: A15: beta of the paste (1.0 = Eq. 1, hard replacement).
-        anomaly_probability_phase1: A16: probability of a defect per image in phase 1.
-        anomaly_probability_phase2: A16: probability of a defect per image in phase 2.
-        mask_resize_mode: A17: interpolation of the mask to the feature levels.
-        pixel_dis_levels: encoder levels of Eq. 2 (paper: L = 5, all).
-        pixel_dis_norm: A18: ``"minmax"`` or ``"max"`` normalisation of the residual map.
-        pixel_dis_eps: A18: epsilon of that normalisation.
-        pixel_dis_reduction: A19: reduction of Eq. 2 (only ``"mean"``).
-        pixel_dis_detach_clean: A20: detach the clean features in Eq. 2.
-        pixel_dis_joint_pass: A20: one encoder pass over clean + defective (only True, trap T7).
+            ImageNet; DRAEM: DTD). ``None``: anomalib's Perlin-noise textures (``defects.texture_source``).
         perceptual_backbone: the perceptual-loss network (paper: ``"vgg16.tv_in1k"``), built by
             :func:`anomalib_ext.backbones.create_model`.
         perceptual_layers: A21: its taps (VGG ``features`` indices 1, 3, 6, 8, 11 = the first five
             ReLUs; ``out_indices`` for other backbones).
-        loss_reduction: A22: reduction of ``L_rec``/``L_per`` (only ``"mean"``).
-        fea_rep_denominator: A23: denominator of Eq. 9 (literal ``l2 - l1 = 2``).
-        focal_gamma: A24: focal loss gamma.
-        focal_alpha: A24: focal loss alpha (``None``: no class weighting).
-        detach_rec_for_seg: A25: stop ``L_seg`` gradients at the reconstruction.
-        freeze_encoder_bn: A26: keep the encoder in eval (frozen BN statistics) in phase 2.
-        reset_optimizer_between_phases: A27: a fresh Adam for phase 2 (else one Adam for all).
-        reference_selection: A28: ``"index"`` (the training image ``reference_index`` in path
-            order) or ``"random"`` (path order after hashing with ``reference_seed``). Chosen among
-            the images of the training batches seen before phase 2 (all of them once phase 1 lasts
-            an epoch), before any synthetic defect; rank 0's choice under DDP.
-        reference_index: A28: index of the reference image in that order.
-        reference_seed: A28: seed of ``"random"`` selection.
-        lr_scheduler: A30: learning-rate schedule (only ``None``).
-        aupro_fpr_limit: A31: FPR limit of the AUPRO (PRO) metric.
-        phase1_bypass_rbam: A32: phase-1 decoder fed with raw features (only True).
-        w_rec_1: weight of ``L_rec^1`` (paper: 100).
-        w_per_1: weight of ``L_per^1`` (paper: 1).
-        w_pixel_dis_1: weight of ``L_pixel_dis`` (paper: 1).
-        w_rec_2: weight of ``L_rec^2`` (paper: 100).
-        w_per_2: weight of ``L_per^2`` (paper: 1).
-        w_fea_rep_2: weight of ``L_fea_rep`` (paper: 1).
-        w_seg_2: weight of ``L_seg`` (paper: 1).
         pre_trained: load real weights for the perceptual network (``False`` only in tests).
-        seed: base seed of the defect generator; rank ``r`` uses ``seed + r``.
-        pre_processor: pre-processor, or True for the resize-only default at ``input_size``.
-        post_processor: post-processor, or True for anomalib's default.
-        evaluator: evaluator, or True for image/pixel AUROC, F1 and AUPRO.
-        visualizer: visualizer, or True for anomalib's default.
+        network: Encoder, RBAM, decoder, FDM and map ablations
+            (:class:`~anomalib_ext.models.rbae.config.NetworkConfig`).
+        defects: Synthetic-defect ablations (:class:`~anomalib_ext.models.rbae.config.DefectConfig`).
+        phase1: Eq. 14 weights and phase-1 ablations (:class:`~anomalib_ext.models.rbae.config.Phase1Config`).
+        phase2: Eq. 17 weights, reference choice and phase-2 ablations
+            (:class:`~anomalib_ext.models.rbae.config.Phase2Config`).
+        pre_processor: Pre-processor, or ``True`` for the resize-only default (256 x 256, no
+            normalisation); its output size sizes the reference buffers and must be divisible by 64.
+        post_processor: Post-processor, or ``True`` for the default (order-preserving normalisation).
+        evaluator: Evaluator, or ``True`` for the package's metrics (AUPRO at FPR 0.3, A31).
+        visualizer: Visualizer, or ``True`` for anomalib's.
     """
 
     def __init__(
         self,
         phase1_fraction: float = 2 / 3,
-        phase1_epochs: int | None = None,
-        phase2_epochs: int | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
-        input_size: Sequence[int] = (256, 256),
-        encoder_channels: Sequence[int] = (64, 128, 256, 512, 512),
-        encoder_strides: Sequence[int] = (1, 2, 2, 2, 2),
-        encoder_block: str = "double_conv",
-        norm_layer: str = "batch",
-        rbfrm_patch_sizes: Sequence[int] = (2, 4),
-        rbfrm_softmax_scale: float = 10.0,
-        rbfrm_learn_scale: bool = False,
-        rbfrm_eps: float = 1e-12,
-        ffm_mid_channels: int = 64,
-        ffm_kernel_size: int = 5,
-        ffm_squeeze_norm: bool = True,
-        decoder_upsample: str = "bilinear",
-        decoder_skip_levels: Sequence[int] = (3, 4),
-        decoder_out_activation: str = "sigmoid",
-        fdm_hidden_ratios: Sequence[float] = (1.0, 0.5),
-        fdm_num_classes: int = 2,
-        am_weights: Sequence[float] = (0.2, 0.2, 0.6),
-        am_upsample_align_corners: bool = False,
-        image_score: str = "max",
-        image_score_pool_size: int = 0,
-        anomaly_map_sigma: float = 0.0,
         anomaly_source_path: str | None = None,
-        texture_source: str = "auto",
-        augment_anomaly_source: bool = True,
-        perlin_rotation_range: Sequence[float] = (-90.0, 90.0),
-        perlin_dual_mask: bool = False,
-        blend_factor: float = 1.0,
-        anomaly_probability_phase1: float = 1.0,
-        anomaly_probability_phase2: float = 1.0,
-        mask_resize_mode: str = "area",
-        pixel_dis_levels: Sequence[int] = (1, 2, 3, 4, 5),
-        pixel_dis_norm: str = "minmax",
-        pixel_dis_eps: float = 1e-8,
-        pixel_dis_reduction: str = "mean",
-        pixel_dis_detach_clean: bool = False,
-        pixel_dis_joint_pass: bool = True,
         perceptual_backbone: str = "vgg16.tv_in1k",
         perceptual_layers: Sequence[int] = (1, 3, 6, 8, 11),
-        loss_reduction: str = "mean",
-        fea_rep_denominator: float = 2.0,
-        focal_gamma: float = 2.0,
-        focal_alpha: float | None = None,
-        detach_rec_for_seg: bool = False,
-        freeze_encoder_bn: bool = True,
-        reset_optimizer_between_phases: bool = True,
-        reference_selection: str = "index",
-        reference_index: int = 0,
-        reference_seed: int = 0,
-        lr_scheduler: str | None = None,
-        aupro_fpr_limit: float = 0.3,
-        phase1_bypass_rbam: bool = True,
-        w_rec_1: float = 100.0,
-        w_per_1: float = 1.0,
-        w_pixel_dis_1: float = 1.0,
-        w_rec_2: float = 100.0,
-        w_per_2: float = 1.0,
-        w_fea_rep_2: float = 1.0,
-        w_seg_2: float = 1.0,
         pre_trained: bool = True,
-        seed: int = 0,
+        network: NetworkConfig = NetworkConfig(),  # noqa: B008  (frozen dataclass)
+        defects: DefectConfig = DefectConfig(),  # noqa: B008
+        phase1: Phase1Config = Phase1Config(),  # noqa: B008
+        phase2: Phase2Config = Phase2Config(),  # noqa: B008
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        for name, value, supported in (
-            ("encoder_block", encoder_block, "double_conv"),
-            ("norm_layer", norm_layer, "batch"),
-            ("decoder_upsample", decoder_upsample, "bilinear"),
-            ("decoder_skip_levels", tuple(decoder_skip_levels), (3, 4)),
-            ("fdm_num_classes", fdm_num_classes, 2),
-            ("image_score", image_score, "max"),
-            ("pixel_dis_reduction", pixel_dis_reduction, "mean"),
-            ("pixel_dis_joint_pass", pixel_dis_joint_pass, True),
-            ("loss_reduction", loss_reduction, "mean"),
-            ("lr_scheduler", lr_scheduler, None),
-            ("phase1_bypass_rbam", phase1_bypass_rbam, True),
-        ):
-            _only(name, value, supported)
-        if reference_selection not in {"index", "random"}:
-            msg = f"reference_selection must be 'index' or 'random', got {reference_selection!r}."
-            raise ValueError(msg)
+        # plain mappings (YAML data passed to the constructor directly) become the groups, before
+        # AnomalibModule saves the arguments as hyper-parameters
+        network = as_config(NetworkConfig, network)
+        defects = as_config(DefectConfig, defects)
+        phase1 = as_config(Phase1Config, phase1)
+        phase2 = as_config(Phase2Config, phase2)
         if not 0 < phase1_fraction < 1:
             msg = f"phase1_fraction must be in (0, 1) (share of the optimiser steps in phase 1), got {phase1_fraction}."
             raise ValueError(msg)
-        if (phase1_epochs is None) != (phase2_epochs is None):
-            msg = f"Set both phase1_epochs and phase2_epochs or neither, got {phase1_epochs} and {phase2_epochs}."
+        if (phase1.epochs is None) != (phase2.epochs is None):
+            msg = f"Set both phase1.epochs and phase2.epochs or neither, got {phase1.epochs} and {phase2.epochs}."
             raise ValueError(msg)
-        if phase1_epochs is not None and (phase1_epochs < 1 or phase2_epochs < 1):
-            msg = f"Need phase1_epochs >= 1 and phase2_epochs >= 1, got {phase1_epochs}, {phase2_epochs}."
+        if phase1.epochs is not None and (phase1.epochs < 1 or phase2.epochs < 1):
+            msg = f"Need phase1.epochs >= 1 and phase2.epochs >= 1, got {phase1.epochs}, {phase2.epochs}."
             raise ValueError(msg)
-        if texture_source == "folder" and anomaly_source_path is None:
+        if defects.texture_source == "folder" and anomaly_source_path is None:
             msg = (
-                "texture_source='folder' needs anomaly_source_path, a folder of natural images for the synthetic "
-                "defects (the paper uses ImageNet images; DRAEM's DTD, https://www.robots.ox.ac.uk/~vgg/data/dtd/, "
-                "works too): pass --model.anomaly_source_path /path/to/dtd/images, or texture_source='noise' for "
-                "anomalib's Perlin-noise textures (offline)."
+                "defects.texture_source='folder' needs anomaly_source_path, a folder of natural images for the "
+                "synthetic defects (the paper uses ImageNet images; DRAEM's DTD, "
+                "https://www.robots.ox.ac.uk/~vgg/data/dtd/, works too): pass --model.anomaly_source_path "
+                "/path/to/dtd/images, or --model.defects.texture_source noise for anomalib's Perlin-noise "
+                "textures (offline)."
             )
             raise ValueError(msg)
-        input_size = tuple(int(s) for s in input_size)
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(input_size)
-        if evaluator is True:
-            evaluator = self.configure_evaluator(aupro_fpr_limit)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        if self.input_size is None:
+            msg = "RB-AE needs a fixed input size for its reference buffers: pass a pre-processor that resizes."
+            raise ValueError(msg)
         self.automatic_optimization = False
-        self.model = RbaeModel(
-            input_size=input_size,
-            encoder_channels=encoder_channels,
-            encoder_strides=encoder_strides,
-            rbfrm_patch_sizes=rbfrm_patch_sizes,
-            rbfrm_softmax_scale=rbfrm_softmax_scale,
-            rbfrm_learn_scale=rbfrm_learn_scale,
-            rbfrm_eps=rbfrm_eps,
-            ffm_mid_channels=ffm_mid_channels,
-            ffm_kernel_size=ffm_kernel_size,
-            ffm_squeeze_norm=ffm_squeeze_norm,
-            decoder_out_activation=decoder_out_activation,
-            fdm_hidden_ratios=fdm_hidden_ratios,
-            am_weights=am_weights,
-            am_upsample_align_corners=am_upsample_align_corners,
-            anomaly_map_sigma=anomaly_map_sigma,
-            image_score_pool_size=image_score_pool_size,
-            freeze_encoder_bn=freeze_encoder_bn,
-        )
+        self.phase1_fraction = phase1_fraction
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.defects = defects
+        self.phase1_config = phase1
+        self.phase2_config = phase2
+        self.model = RbaeModel(input_size=self.input_size, network=network, freeze_encoder_bn=phase2.freeze_encoder_bn)
         self.loss = RbaeLoss(
             PerceptualNetwork(perceptual_backbone, perceptual_layers, pre_trained),
-            w_rec_1=w_rec_1,
-            w_per_1=w_per_1,
-            w_pixel_dis_1=w_pixel_dis_1,
-            w_rec_2=w_rec_2,
-            w_per_2=w_per_2,
-            w_fea_rep_2=w_fea_rep_2,
-            w_seg_2=w_seg_2,
-            pixel_dis_levels=pixel_dis_levels,
-            pixel_dis_norm=pixel_dis_norm,
-            pixel_dis_eps=pixel_dis_eps,
-            mask_resize_mode=mask_resize_mode,
-            fea_rep_denominator=fea_rep_denominator,
-            focal_gamma=focal_gamma,
-            focal_alpha=focal_alpha,
+            phase1=phase1,
+            phase2=phase2,
+            mask_resize_mode=defects.mask_resize_mode,
         )
         augment = {
             "texture_dir": anomaly_source_path,
-            "texture_source": texture_source,
-            "augment_texture": augment_anomaly_source,
-            "blend_factor": float(blend_factor),
-            "rotation_range": tuple(float(r) for r in perlin_rotation_range),
-            "dual_mask": perlin_dual_mask,
+            "texture_source": defects.texture_source,
+            "augment_texture": defects.augment_texture,
+            "blend_factor": float(defects.blend_factor),
+            "rotation_range": tuple(float(r) for r in defects.rotation_range),
+            "dual_mask": defects.dual_mask,
         }
-        self.augment_phase1 = PerlinTextureAnomaly(probability=anomaly_probability_phase1, **augment)
-        self.augment_phase2 = PerlinTextureAnomaly(probability=anomaly_probability_phase2, **augment)
-        self._generator: torch.Generator | None = None
+        self.augment_phase1 = PerlinTextureAnomaly(probability=phase1.anomaly_probability, **augment)
+        self.augment_phase2 = PerlinTextureAnomaly(probability=phase2.anomaly_probability, **augment)
         self._phase1_steps: int | None = None
         self._encoder_frozen = False
         # A28: (order key, image) of the training images that come first in the reference order
@@ -341,14 +184,9 @@ class RBAE(AnomalibModule):
         return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
 
     @classmethod
-    def configure_post_processor(cls) -> PostProcessor:
-        """The order-preserving post-processor: no clamp, so metrics see no ties among high scores."""
-        return OrderPreservingPostProcessor()
-
-    @staticmethod
-    def configure_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
-        """Anomalib's default metrics plus AUPRO (the papers' PRO, A31)."""
-        return pro_evaluator(fpr_limit=aupro_fpr_limit)
+    def checkpoint_safe_globals(cls) -> Sequence[Any]:
+        """The ablation groups saved in the hyper-parameters (``weights_only`` loading)."""
+        return (NetworkConfig, DefectConfig, Phase1Config, Phase2Config)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -362,15 +200,14 @@ class RBAE(AnomalibModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Phase-1 Adam (encoder + decoder) and a fresh phase-2 Adam (RBAM + decoder + MSFDM), A27."""
-        hp = self.hparams
         model = self.model
-        if not hp.reset_optimizer_between_phases:
-            return [torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)]
+        if not self.phase2_config.reset_optimizer:
+            return [torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)]
         phase1 = [*model.encoder.parameters(), *model.decoder.parameters()]
         phase2 = [*model.rbam.parameters(), *model.decoder.parameters(), *model.fdm.parameters()]
         return [
-            torch.optim.Adam(phase1, lr=hp.lr, weight_decay=hp.weight_decay),
-            torch.optim.Adam(phase2, lr=hp.lr, weight_decay=hp.weight_decay),
+            torch.optim.Adam(phase1, lr=self.lr, weight_decay=self.weight_decay),
+            torch.optim.Adam(phase2, lr=self.lr, weight_decay=self.weight_decay),
         ]
 
     # ------------------------------------------------------------------ schedule
@@ -379,48 +216,48 @@ class RBAE(AnomalibModule):
 
         From the attached trainer's schedule (``estimated_stepping_batches``: ``max_epochs`` x
         batches per epoch, or ``max_steps`` if that comes first). With ``phase1_fraction`` any
-        finite schedule is split; with ``phase1_epochs``/``phase2_epochs`` the trainer must run
+        finite schedule is split; with ``phase1.epochs``/``phase2.epochs`` the trainer must run
         exactly their sum of epochs.
 
         Raises:
             ValueError: If the trainer has no finite schedule, if it is too short for two phases,
-                or if it does not match ``phase1_epochs + phase2_epochs``.
+                or if it does not match ``phase1.epochs + phase2.epochs``.
         """
         trainer = self.trainer
-        hp = self.hparams
+        phase1_epochs, phase2_epochs = self.phase1_config.epochs, self.phase2_config.epochs
         total = trainer.estimated_stepping_batches
-        if hp.phase1_epochs is not None:
-            epochs = hp.phase1_epochs + hp.phase2_epochs
+        if phase1_epochs is not None:
+            epochs = phase1_epochs + phase2_epochs
             batches = trainer.num_training_batches
             if trainer.max_epochs != epochs or not math.isfinite(batches):
                 msg = (
-                    f"RB-AE: phase1_epochs + phase2_epochs = {hp.phase1_epochs} + {hp.phase2_epochs} = {epochs}, but "
+                    f"RB-AE: phase1.epochs + phase2.epochs = {phase1_epochs} + {phase2_epochs} = {epochs}, but "
                     f"the trainer runs max_epochs={trainer.max_epochs}. Set trainer.max_epochs={epochs}, or unset "
-                    "phase1_epochs/phase2_epochs to split any schedule by phase1_fraction."
+                    "phase1.epochs/phase2.epochs to split any schedule by phase1_fraction."
                 )
                 raise ValueError(msg)
             if total < epochs * batches:
                 msg = (
                     f"RB-AE: trainer.max_steps={trainer.max_steps} stops training before the {epochs * batches} "
-                    f"optimiser steps of phase1_epochs + phase2_epochs = {epochs} epochs of {batches} batches. "
-                    "Remove max_steps, or unset phase1_epochs/phase2_epochs to split any schedule by phase1_fraction."
+                    f"optimiser steps of phase1.epochs + phase2.epochs = {epochs} epochs of {batches} batches. "
+                    "Remove max_steps, or unset phase1.epochs/phase2.epochs to split any schedule by phase1_fraction."
                 )
                 raise ValueError(msg)
-            return int(hp.phase1_epochs * batches), int(total)
+            return int(phase1_epochs * batches), int(total)
         if not math.isfinite(total):
             msg = (
                 "RB-AE splits the trainer's optimiser steps into its two phases "
-                f"(phase1_fraction={hp.phase1_fraction}), "
+                f"(phase1_fraction={self.phase1_fraction}), "
                 f"but this trainer has no finite schedule (max_epochs={trainer.max_epochs}, "
                 f"max_steps={trainer.max_steps}): set trainer.max_epochs or trainer.max_steps."
             )
             raise ValueError(msg)
         total = int(total)
-        phase1 = math.floor(hp.phase1_fraction * total + 0.5)
+        phase1 = math.floor(self.phase1_fraction * total + 0.5)
         if not 1 <= phase1 < total:
             msg = (
                 f"RB-AE: a schedule of {total} optimiser step(s) is too short for two phases "
-                f"(phase1_fraction={hp.phase1_fraction} gives {phase1} phase-1 steps): train longer."
+                f"(phase1_fraction={self.phase1_fraction} gives {phase1} phase-1 steps): train longer."
             )
             raise ValueError(msg)
         return phase1, total
@@ -435,10 +272,15 @@ class RBAE(AnomalibModule):
             return 2 if bool(self.model.ref_ready) else 1
         return 1 if self.global_step < self._phase1_steps else 2
 
+    def on_fit_start(self) -> None:
+        """The shared per-rank generator, seeded from ``defects.seed`` when one is set."""
+        super().on_fit_start()
+        if self.defects.seed is not None:
+            self.generator = rank_generator(int(self.defects.seed), self.global_rank, self.device)
+
     def on_train_start(self) -> None:
-        """Reject a normalising pre-processor (T11); seed the defect generator per rank; fix the phases."""
+        """Reject a normalising pre-processor (T11); fix the phases."""
         reject_normalize(self.pre_processor, "RB-AE works in [0, 1] pixel space.")
-        self._generator = rank_generator(int(self.hparams.seed), self.global_rank, self.device)
         self._encoder_frozen = False
         self._phase1_steps, total = self.phase_schedule()
         trainer = self.trainer
@@ -496,8 +338,8 @@ class RBAE(AnomalibModule):
 
     # ------------------------------------------------------------------ reference image, A28
     def _reference_key(self, path: str) -> str:
-        if self.hparams.reference_selection == "random":
-            return hashlib.sha256(f"{self.hparams.reference_seed}:{path}".encode()).hexdigest()
+        if self.phase2_config.reference_selection == "random":
+            return hashlib.sha256(f"{self.phase2_config.reference_seed}:{path}".encode()).hexdigest()
         return path
 
     def _observe_reference_candidates(self, batch: Batch) -> None:
@@ -511,7 +353,7 @@ class RBAE(AnomalibModule):
         if paths is None or len(paths) != images.shape[0]:
             paths = [f"#{self._images_seen + i:012d}" for i in range(images.shape[0])]
         self._images_seen += images.shape[0]
-        keep = int(self.hparams.reference_index) + 1
+        keep = int(self.phase2_config.reference_index) + 1
         candidates = self._reference_candidates
         for path, image in zip(paths, images, strict=True):
             key = self._reference_key(str(path))
@@ -524,10 +366,11 @@ class RBAE(AnomalibModule):
 
     def _reference_image(self) -> torch.Tensor:
         """A28/T10: the chosen clean, pre-processed training image, (1, 3, H, W); rank 0's under DDP."""
-        index = int(self.hparams.reference_index)
+        index = int(self.phase2_config.reference_index)
         if index >= len(self._reference_candidates):
             logger.warning(
-                "RB-AE: reference_index=%d but only %d training images were seen before phase 2; using the last.",
+                "RB-AE: phase2.reference_index=%d but only %d training images were seen before phase 2; "
+                "using the last.",
                 index,
                 len(self._reference_candidates),
             )
@@ -540,7 +383,8 @@ class RBAE(AnomalibModule):
         checkpoint["rbae_reference_candidates"] = [list(item) for item in self._reference_candidates]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the reference candidates saved by :meth:`on_save_checkpoint`."""
+        """Restore the saved components and the reference candidates saved by :meth:`on_save_checkpoint`."""
+        super().on_load_checkpoint(checkpoint)
         self._reference_candidates = [list(item) for item in checkpoint.get("rbae_reference_candidates", [])]
 
     # ------------------------------------------------------------------ steps
@@ -574,12 +418,12 @@ class RBAE(AnomalibModule):
             self._enter_phase2()
         augment = self.augment_phase1 if phase == 1 else self.augment_phase2
         with torch.no_grad():
-            defective, mask = augment(clean, generator=self._generator)
+            defective, mask = augment(clean, generator=self.generator)
         outputs = self.model(
-            defective, clean_images=clean, phase=phase, detach_rec_for_seg=self.hparams.detach_rec_for_seg
+            defective, clean_images=clean, phase=phase, detach_rec_for_seg=self.phase2_config.detach_rec_for_seg
         )
         if phase == 1:
-            if self.hparams.pixel_dis_detach_clean:
+            if self.phase1_config.pixel_dis_detach_clean:
                 outputs["clean_features"] = [f.detach() for f in outputs["clean_features"]]
             loss, terms = self.loss.phase1(clean, mask, outputs)
         else:

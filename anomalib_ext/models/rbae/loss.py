@@ -21,13 +21,18 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomalib_ext.models.rbae.config import Phase1Config, Phase2Config
 
-def resize_mask(mask: Tensor, size: Sequence[int], mode: str = "area") -> Tensor:
+MaskResizeMode = Literal["area", "nearest", "bilinear"]
+
+
+def resize_mask(mask: Tensor, size: Sequence[int], mode: MaskResizeMode = "area") -> Tensor:
     """A17: resize a (B, 1, H, W) mask to a feature level (``area`` gives soft coverage)."""
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
@@ -49,11 +54,10 @@ class PixelDiscriminationLoss(nn.Module):
         mask_resize_mode: A17: interpolation of the mask to the feature size.
     """
 
-    def __init__(self, norm: str = "minmax", eps: float = 1e-8, mask_resize_mode: str = "area") -> None:
+    def __init__(
+        self, norm: Literal["minmax", "max"] = "minmax", eps: float = 1e-8, mask_resize_mode: MaskResizeMode = "area"
+    ) -> None:
         super().__init__()
-        if norm not in {"minmax", "max"}:
-            msg = f"pixel_dis_norm must be 'minmax' or 'max', got {norm!r}."
-            raise ValueError(msg)
         self.norm, self.eps, self.mask_resize_mode = norm, eps, mask_resize_mode
 
     def forward(self, clean_features: Sequence[Tensor], defective_features: Sequence[Tensor], mask: Tensor) -> Tensor:
@@ -145,7 +149,9 @@ class SegmentationLoss(nn.Module):
         mask_resize_mode: A17: interpolation of the mask to each level.
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None, mask_resize_mode: str = "area") -> None:
+    def __init__(
+        self, gamma: float = 2.0, alpha: float | None = None, mask_resize_mode: MaskResizeMode = "area"
+    ) -> None:
         super().__init__()
         self.focal = FocalLoss(gamma, alpha)
         self.mask_resize_mode = mask_resize_mode
@@ -161,48 +167,28 @@ class RbaeLoss(nn.Module):
 
     Args:
         perceptual_network: frozen network of ``L_per`` (VGG-16 in the paper).
-        w_rec_1: weight of ``L_rec^1`` (paper: 100).
-        w_per_1: weight of ``L_per^1`` (paper: 1).
-        w_pixel_dis_1: weight of ``L_pixel_dis`` (paper: 1).
-        w_rec_2: weight of ``L_rec^2`` (paper: 100).
-        w_per_2: weight of ``L_per^2`` (paper: 1).
-        w_fea_rep_2: weight of ``L_fea_rep`` (paper: 1).
-        w_seg_2: weight of ``L_seg`` (paper: 1).
-        pixel_dis_levels: encoder levels of Eq. 2 (paper: all five).
-        pixel_dis_norm: A18.
-        pixel_dis_eps: A18.
-        mask_resize_mode: A17.
-        fea_rep_denominator: A23.
-        focal_gamma: A24.
-        focal_alpha: A24.
+        phase1: weights and ``L_pixel_dis`` settings of Eq. 14
+            (:class:`~anomalib_ext.models.rbae.config.Phase1Config`).
+        phase2: weights, ``L_fea_rep`` and focal settings of Eq. 17
+            (:class:`~anomalib_ext.models.rbae.config.Phase2Config`).
+        mask_resize_mode: A17: interpolation of the defect mask to the feature levels.
     """
 
     def __init__(
         self,
         perceptual_network: nn.Module,
-        w_rec_1: float = 100.0,
-        w_per_1: float = 1.0,
-        w_pixel_dis_1: float = 1.0,
-        w_rec_2: float = 100.0,
-        w_per_2: float = 1.0,
-        w_fea_rep_2: float = 1.0,
-        w_seg_2: float = 1.0,
-        pixel_dis_levels: Sequence[int] = (1, 2, 3, 4, 5),
-        pixel_dis_norm: str = "minmax",
-        pixel_dis_eps: float = 1e-8,
-        mask_resize_mode: str = "area",
-        fea_rep_denominator: float = 2.0,
-        focal_gamma: float = 2.0,
-        focal_alpha: float | None = None,
+        phase1: Phase1Config = Phase1Config(),  # noqa: B008  (frozen dataclass)
+        phase2: Phase2Config = Phase2Config(),  # noqa: B008
+        mask_resize_mode: MaskResizeMode = "area",
     ) -> None:
         super().__init__()
         self.perceptual = PerceptualLoss(perceptual_network)
-        self.pixel_dis = PixelDiscriminationLoss(pixel_dis_norm, pixel_dis_eps, mask_resize_mode)
-        self.fea_rep = FeatureRepairLoss(fea_rep_denominator)
-        self.seg = SegmentationLoss(focal_gamma, focal_alpha, mask_resize_mode)
-        self.pixel_dis_levels = tuple(int(level) for level in pixel_dis_levels)
-        self.w1 = (w_rec_1, w_per_1, w_pixel_dis_1)
-        self.w2 = (w_rec_2, w_per_2, w_fea_rep_2, w_seg_2)
+        self.pixel_dis = PixelDiscriminationLoss(phase1.pixel_dis_norm, phase1.pixel_dis_eps, mask_resize_mode)
+        self.fea_rep = FeatureRepairLoss(phase2.fea_rep_denominator)
+        self.seg = SegmentationLoss(phase2.focal_gamma, phase2.focal_alpha, mask_resize_mode)
+        self.pixel_dis_levels = tuple(int(level) for level in phase1.pixel_dis_levels)
+        self.w1 = (phase1.w_rec, phase1.w_per, phase1.w_pixel_dis)
+        self.w2 = (phase2.w_rec, phase2.w_per, phase2.w_fea_rep, phase2.w_seg)
 
     def phase1(self, clean: Tensor, mask: Tensor, outputs: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 14 from the phase-1 outputs of :class:`RbaeModel`; returns (total, terms)."""

@@ -6,7 +6,8 @@ An autoencoder trained from scratch reconstructs the input; at the three deepest
 reference-based attention module (RBAM) rebuilds the input's features from patches of one fixed
 defect-free reference image, so defect features do not reach the decoder. The input and its
 reconstruction are re-encoded and a multi-scale feature discrimination module (MSFDM, three FDM
-heads) segments the defects; the anomaly map is ``0.2 AM_1 + 0.2 g(AM_2) + 0.6 g(AM_3)`` (Eq. 11).
+heads) segments the defects; the anomaly map is ``0.2 AM_1 + 0.2 g(AM_2) + 0.6 g(AM_3)`` (Eq. 11),
+smoothed and scored by the package's :class:`~anomalib_ext.models.components.AnomalyScorer`.
 
 The reference image and its level-3/4/5 features are persistent buffers, so checkpoints and the
 exported graph carry them. Before they are set (phase 1) they are zero and the map is still finite.
@@ -14,7 +15,8 @@ exported graph carry them. Before they are set (phase 1) they are zero and the m
 Example:
     >>> import torch
     >>> from anomalib_ext.models.rbae.torch_model import RbaeModel
-    >>> model = RbaeModel(input_size=(64, 64), encoder_channels=(8, 8, 16, 16, 16)).eval()
+    >>> from anomalib_ext.models.rbae.config import NetworkConfig
+    >>> model = RbaeModel(input_size=(64, 64), network=NetworkConfig(encoder_channels=(8, 8, 16, 16, 16))).eval()
     >>> out = model(torch.rand(2, 3, 64, 64))
     >>> out.pred_score.shape, out.anomaly_map.shape
     (torch.Size([2]), torch.Size([2, 1, 64, 64]))
@@ -33,11 +35,13 @@ import torch
 import torch.nn.functional as F
 from anomalib.data import InferenceBatch
 from anomalib.models.components import DynamicBufferMixin
-from anomalib.models.components.filters import GaussianBlur2d
 from torch import Tensor, nn
 
+from anomalib_ext.models.components import AnomalyScorer, image_score
 from anomalib_ext.models.rbae.components import FDM, RBAM, Decoder, Encoder
+from anomalib_ext.models.rbae.config import NetworkConfig
 
+ENCODER_STRIDES = (1, 2, 2, 2, 2)  # A3: level 1 at full resolution, so AM_1 needs no upsampling (Eq. 11)
 RBAM_LEVELS = (3, 4, 5)  # paper: l1 = 3 ... l2 = 5 (Eq. 9)
 MSFDM_LEVELS = (1, 2, 3)  # paper: first three encoder layers (Sec. III-D)
 
@@ -47,86 +51,55 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
 
     Args:
         input_size: ``(H, W)`` of the images; sizes the reference buffers. Both must be divisible
-            by ``prod(encoder_strides) * max(rbfrm_patch_sizes)`` (64 by default).
-        encoder_channels: A2: channels of the five encoder levels.
-        encoder_strides: A3: strides of the five encoder levels.
-        rbfrm_patch_sizes: K values of the RBFRMs (paper: 2 and 4).
-        rbfrm_softmax_scale: A6: RBFRM softmax temperature (paper Eq. 4: 1, which cannot select a
-            reference patch; see :class:`~anomalib_ext.models.rbae.components.RBFRM`).
-        rbfrm_learn_scale: A6: learn the RBFRM temperatures, starting from ``rbfrm_softmax_scale``.
-        rbfrm_eps: A7: epsilon of the cosine-similarity normalisation.
-        ffm_mid_channels: FFM squeeze channels (paper: 64).
-        ffm_kernel_size: FFM kernel m (paper: 5).
-        ffm_squeeze_norm: A8: BN + ReLU after the FFM squeeze.
-        decoder_out_activation: A5: ``"sigmoid"`` or ``"none"``.
-        fdm_hidden_ratios: A9: FDM hidden widths as fractions of C_i.
-        am_weights: lambda_1..3 of Eq. 11 (paper: 0.2, 0.2, 0.6).
-        am_upsample_align_corners: A10: ``align_corners`` of the bilinear ``g``.
-        anomaly_map_sigma: A12: Gaussian smoothing of the final map (0 = none).
-        image_score_pool_size: A11: average-pool size before the max (0 = plain max).
+            by ``32 * max(network.rbfrm_patch_sizes)`` (64 by default).
+        network: Architecture and map settings (:class:`~anomalib_ext.models.rbae.config.NetworkConfig`).
         freeze_encoder_bn: A26: keep the encoder in eval mode once the reference is set (phase 2).
     """
 
     def __init__(
         self,
         input_size: Sequence[int] = (256, 256),
-        encoder_channels: Sequence[int] = (64, 128, 256, 512, 512),
-        encoder_strides: Sequence[int] = (1, 2, 2, 2, 2),
-        rbfrm_patch_sizes: Sequence[int] = (2, 4),
-        rbfrm_softmax_scale: float = 10.0,
-        rbfrm_learn_scale: bool = False,
-        rbfrm_eps: float = 1e-12,
-        ffm_mid_channels: int = 64,
-        ffm_kernel_size: int = 5,
-        ffm_squeeze_norm: bool = True,
-        decoder_out_activation: str = "sigmoid",
-        fdm_hidden_ratios: Sequence[float] = (1.0, 0.5),
-        am_weights: Sequence[float] = (0.2, 0.2, 0.6),
-        am_upsample_align_corners: bool = False,
-        anomaly_map_sigma: float = 0.0,
-        image_score_pool_size: int = 0,
+        network: NetworkConfig = NetworkConfig(),  # noqa: B008  (frozen dataclass)
         freeze_encoder_bn: bool = True,
     ) -> None:
         super().__init__()
         height, width = (int(s) for s in input_size)
-        strides = tuple(int(s) for s in encoder_strides)
-        channels = tuple(int(c) for c in encoder_channels)
-        if len(am_weights) != len(MSFDM_LEVELS):
-            msg = f"am_weights needs {len(MSFDM_LEVELS)} values (lambda_1..3 of Eq. 11), got {am_weights}."
+        strides = ENCODER_STRIDES
+        channels = tuple(int(c) for c in network.encoder_channels)
+        patch_sizes = tuple(int(k) for k in network.rbfrm_patch_sizes)
+        if len(network.am_weights) != len(MSFDM_LEVELS):
+            msg = f"am_weights needs {len(MSFDM_LEVELS)} values (lambda_1..3 of Eq. 11), got {network.am_weights}."
             raise ValueError(msg)
-        divisor = math.prod(strides) * max(rbfrm_patch_sizes)
+        divisor = math.prod(strides) * max(patch_sizes)
         if height % divisor or width % divisor:
             msg = (
-                f"input_size={tuple(input_size)} must be divisible by {divisor} (product of encoder_strides "
-                f"{strides} times the largest RBFRM patch size {max(rbfrm_patch_sizes)})."
+                f"input_size={tuple(input_size)} must be divisible by {divisor} (product of the encoder strides "
+                f"{strides} times the largest RBFRM patch size {max(patch_sizes)})."
             )
             raise ValueError(msg)
-        if strides != (1, 2, 2, 2, 2):
-            msg = f"encoder_strides must be (1, 2, 2, 2, 2) (A3) for this decoder, got {strides}."
-            raise ValueError(msg)
         self.input_size = (height, width)
-        self.am_weights = tuple(float(w) for w in am_weights)
-        self.am_upsample_align_corners = am_upsample_align_corners
-        self.image_score_pool_size = int(image_score_pool_size)
+        self.am_weights = tuple(float(w) for w in network.am_weights)
+        self.am_align_corners = network.am_align_corners
+        self.score_pool_size = int(network.score_pool_size)
         self.freeze_encoder_bn = freeze_encoder_bn
 
         self.encoder = Encoder(channels, strides)
         self.rbam = nn.ModuleList(
             RBAM(
                 channels[level - 1],
-                rbfrm_patch_sizes,
-                rbfrm_softmax_scale,
-                ffm_mid_channels,
-                ffm_kernel_size,
-                ffm_squeeze_norm,
-                rbfrm_eps,
-                rbfrm_learn_scale,
+                patch_sizes,
+                network.rbfrm_softmax_scale,
+                network.ffm_mid_channels,
+                network.ffm_kernel_size,
+                network.ffm_squeeze_norm,
+                network.rbfrm_eps,
+                network.rbfrm_learn_scale,
             )
             for level in RBAM_LEVELS
         )
-        self.decoder = Decoder(channels, decoder_out_activation)
-        self.fdm = nn.ModuleList(FDM(channels[level - 1], fdm_hidden_ratios) for level in MSFDM_LEVELS)
-        self.blur = GaussianBlur2d(sigma=anomaly_map_sigma, channels=1) if anomaly_map_sigma > 0 else None
+        self.decoder = Decoder(channels, network.decoder_out_activation)
+        self.fdm = nn.ModuleList(FDM(channels[level - 1], network.fdm_hidden_ratios) for level in MSFDM_LEVELS)
+        self.scorer = AnomalyScorer(sigma=network.sigma, score_mode=network.score_mode)
 
         self.register_buffer("ref_image", torch.zeros(1, 3, height, width))
         scale = 1
@@ -199,7 +172,7 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
         """Eq. 11: weighted sum of the per-level P(anomalous), upsampled to ``size``."""
         maps = [torch.softmax(lg, dim=1)[:, 1:2] for lg in logits]
         return sum(
-            w * F.interpolate(am, size=tuple(size), mode="bilinear", align_corners=self.am_upsample_align_corners)
+            w * F.interpolate(am, size=tuple(size), mode="bilinear", align_corners=self.am_align_corners)
             for w, am in zip(self.am_weights, maps, strict=True)
         )
 
@@ -229,14 +202,15 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
             features = self.encoder(images)
             reconstruction = self.decoder(*self.repair(features))
             rec_features = self.encoder(reconstruction, num_levels=max(MSFDM_LEVELS))
-            anomaly_map = self.anomaly_map(self.discriminate(features, rec_features), images.shape[-2:])
-            if self.blur is not None:
-                anomaly_map = self.blur(anomaly_map)
-            score_map = anomaly_map
-            if self.image_score_pool_size > 0:
-                k = self.image_score_pool_size
-                score_map = F.avg_pool2d(anomaly_map, k, stride=1, padding=k // 2, count_include_pad=False)
-            return InferenceBatch(pred_score=score_map.amax(dim=(-3, -2, -1)), anomaly_map=anomaly_map)
+            output = self.scorer(self.anomaly_map(self.discriminate(features, rec_features), images.shape[-2:]))
+            if self.score_pool_size > 0:  # A11: the score of the average-pooled map
+                k = self.score_pool_size
+                pooled = F.avg_pool2d(output.anomaly_map, k, stride=1, padding=k // 2, count_include_pad=False)
+                output = InferenceBatch(
+                    pred_score=image_score(pooled, self.scorer.score_mode, self.scorer.topk_fraction),
+                    anomaly_map=output.anomaly_map,
+                )
+            return output
 
         if clean_images is None:
             msg = "Training forward needs clean_images (I_o) besides the defective images (I_ad)."
