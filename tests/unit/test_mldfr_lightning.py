@@ -167,6 +167,22 @@ def test_checkpoint_safe_globals_cover_the_saved_hyperparameters() -> None:
     assert all(type(value) in safe for value in groups)
 
 
+def test_checkpoint_holds_plain_data_and_rebuilds_the_same_groups() -> None:
+    import io
+
+    model = _tiny_model(anomaly_map=AnomalyMapConfig(score_mode="topk"), damage=DamageConfig(num_squares=90))
+    checkpoint = {"hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint["hyper_parameters"], buffer)
+    buffer.seek(0)
+    hparams = torch.load(buffer, weights_only=True)  # no allow-list: plain data only
+    assert hparams["anomaly_map"]["score_mode"] == "topk"
+    rebuilt = MLDFR(**hparams, pre_processor=MLDFR.configure_pre_processor((64, 64)), evaluator=False, visualizer=False)
+    for key in ("features", "restorer", "damage", "training", "anomaly_map"):
+        assert rebuilt.hparams[key] == model.hparams[key], key
+
+
 def test_default_pre_processor_resizes_to_384_without_normalising() -> None:
     pre_processor = MLDFR.configure_pre_processor()
     assert pre_processor.transform(torch.zeros(1, 3, 10, 10)).shape[-2:] == (384, 384)

@@ -152,6 +152,16 @@ def test_lightning_model_rejects_an_unknown_cnn_layer_by_value() -> None:
     assert "4 = 'blocks.6' (stride 32)" in str(info.value)  # the accepted range: taps 0 to 4
 
 
+def test_default_backbone_rejects_an_unknown_cnn_layer_before_loading_any_weights() -> None:
+    # MLDFR(cnn_layers=[1, 2, 9]) exactly as a user types it: the paper's ResNet-18 has taps 0 to 4
+    from anomalib_ext.models import MLDFR
+
+    with pytest.raises(ValueError, match=r"cnn_layers value 9 is not a feature tap of resnet18.tv_in1k") as info:
+        MLDFR(cnn_layers=[1, 2, 9])
+    assert "0 = 'act1' (stride 2)" in str(info.value)
+    assert "4 = 'layer4' (stride 32)" in str(info.value)
+
+
 def test_topk_score_averages_the_highest_fraction_of_the_smoothed_map() -> None:
     model = MLDFRModel(
         **OFFLINE,

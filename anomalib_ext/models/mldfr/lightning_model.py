@@ -35,7 +35,7 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import torch
@@ -152,8 +152,20 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
 
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
-        """The ablation groups saved in the hyper-parameters (``weights_only`` loading)."""
+        """The ablation groups, should a checkpoint hold them as objects (``weights_only`` loading)."""
         return (FeatureConfig, RestorerConfig, DamageConfig, TrainingConfig, AnomalyMapConfig)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the groups as plain mappings: the checkpoint loads with a bare ``torch.load(weights_only=True)``.
+
+        The constructor turns the mappings back into the groups, so ``load_from_checkpoint`` rebuilds
+        the same model.
+        """
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["hyper_parameters"] = {
+            key: asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+            for key, value in checkpoint.get("hyper_parameters", {}).items()
+        }
 
     def _build_model(self) -> MLDFRModel:
         input_size = self.input_size
