@@ -158,14 +158,20 @@ def test_stitched_map_is_the_models_map_of_each_tile(stride: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the models
-#: FMGRD must pass; the others run the same code once their tiny settings (being refactored) are run green here.
-PENDING = pytest.mark.skip(reason="not yet run green with Tiling (tiny settings under refactor)")
+#: FMGRD must pass; the others run the same code (their tiny settings may lag the models' refactor).
+STALE_TINY = pytest.mark.skip(reason="tests/helpers/tiny.py's MLDFR entry is stale during the refactor (num_blocks)")
 TILING_MODELS = [
     pytest.param("FMGRD", id="FMGRD"),
-    pytest.param("MLDFR", id="MLDFR", marks=PENDING),
-    pytest.param("N2N", id="N2N", marks=PENDING),
-    pytest.param("SMCC", id="SMCC", marks=PENDING),
+    pytest.param("MLDFR", id="MLDFR", marks=STALE_TINY),
+    pytest.param("N2N", id="N2N"),
+    pytest.param("SMCC", id="SMCC"),
 ]
+#: Settings these tests need beyond the tiny ones: N2N on a fixed schedule (the validation set is the
+#: test set here); SMCC's bank no larger than a batch of whole images (3).
+OVERRIDES: dict[str, dict[str, object]] = {
+    "N2N": {"early_stopping_patience": 0, "restore_best_weights": False},
+    "SMCC": {"memory_bank_images": 2},
+}
 
 
 def _tile_of(index: int) -> tuple[int, int]:
@@ -177,7 +183,7 @@ def _tile_of(index: int) -> tuple[int, int]:
 def test_tiled_model_finds_the_defect_in_its_tile(name: str, large_parts: Path, tmp_path: Path) -> None:
     """Trains on tiles, tests and predicts whole images; the defect changes the map in its tile only."""
     torch.manual_seed(0)
-    model = build(name, TILE)
+    model = build(name, TILE, **OVERRIDES.get(name, {}))
     engine = _engine(tmp_path, Tiling(TILE), max_epochs=1)
     datamodule = _folder(large_parts)
     engine.fit(model, datamodule=datamodule)
@@ -203,16 +209,14 @@ def test_tiled_model_finds_the_defect_in_its_tile(name: str, large_parts: Path, 
 
 
 # ---------------------------------------------------------------------------------------------- export
-@pytest.mark.skip(reason="export_tiled's OpenVINO round trip not yet green (the inferencer step)")
+@pytest.mark.skip(reason="export_tiled's OpenVINO round trip not yet run green in this test")
 def test_openvino_export_of_tiled_fmgrd_matches_torch(large_parts: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     from anomalib.deploy import OpenVINOInferencer
 
     torch.manual_seed(0)
     model = build("FMGRD", TILE)
-    tiling = Tiling(TILE, image_size=IMAGE)
-    datamodule = _folder(large_parts)
-    _engine(tmp_path, tiling, 1).fit(model, datamodule=datamodule)
+    tiling = Tiling(TILE, image_size=IMAGE)  # untrained: the export's fidelity, not the model's, is tested
     path = export_tiled(model, tiling, tmp_path / "export")
     assert path.suffix == ".xml"
     assert model.pre_processor is not None  # the model is restored after the export
