@@ -209,7 +209,6 @@ def test_tiled_model_finds_the_defect_in_its_tile(name: str, large_parts: Path, 
 
 
 # ---------------------------------------------------------------------------------------------- export
-@pytest.mark.skip(reason="export_tiled's OpenVINO round trip not yet run green in this test")
 def test_openvino_export_of_tiled_fmgrd_matches_torch(large_parts: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     from anomalib.deploy import OpenVINOInferencer
