@@ -1,0 +1,205 @@
+"""FP16 and INT8 (NNCF post-training quantisation) OpenVINO exports of every model stay close to f32.
+
+Each model (tiny settings from ``tests/helpers/tiny.py``, 64 px) is trained on a small fake MVTec AD and
+exported through ``Engine.export`` in f32, FP16 and INT8_PTQ, INT8 calibrated on the datamodule's
+validation images. The IRs run in anomalib's ``OpenVINOInferencer`` (compiled at f32, so the
+differences are the export's, not the CPU's bf16). Compared with the f32 IR: the raw anomaly maps and
+scores (post-processor off, so no normalisation or clamping hides a difference), each as a fraction of its
+f32 range over the test images, and the image scores a user sees (post-processor on, in [0, 1]).
+FMGRD must pass (its INT8 image score is a known failure, marked ``xfail(strict=True)``); the other
+models run the same code (skipped, saying why, while their tiny entry does not match the model).
+Bad input: INT8 without calibration data gets an error naming what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import InferenceBatch, MVTecAD
+from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
+from anomalib.engine import Engine
+from anomalib.post_processing import PostProcessor
+
+from anomalib_ext.export import check_calibration, export_openvino
+from anomalib_ext.registry import registered_models
+from tests.helpers.datasets import make_fake_mvtec
+from tests.helpers.tiny import SIZE, TINY, build
+
+# Training and three exports take ~20 min on a loaded 2-core machine (2 min idle): beyond the default 900 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+
+MUST_PASS = "FMGRD"
+MODELS = [MUST_PASS, *sorted(set(registered_models()) - {MUST_PASS})]
+OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+# Largest difference from the f32 IR on the test images, measured on FMGRD (tiny, 64 px, 4 calibration images):
+# FP16 raw map 0.0015 and raw score 0.0014 of their f32 ranges, post-processed score 0.0006; tolerance 0.01.
+FP16_RTOL_OF_RANGE = 0.01
+# INT8 raw map 0.142 of the f32 map's range; tolerance 0.25.
+INT8_MAP_RTOL_OF_RANGE = 0.25
+# INT8 image score: the same tolerances as the map (raw, of the f32 scores' range) and 0.15 on the
+# post-processed [0, 1] scale. FMGRD's INT8 score does NOT meet them (measured: raw scores ~1e-6 instead of
+# ~1.4, every post-processed score 0.048, off by up to 0.63): a known failure, marked xfail(strict) below.
+INT8_SCORE_RTOL_OF_RANGE = 0.25
+INT8_SCORE_ATOL = 0.15
+INT8_SCORE_BROKEN = {"FMGRD": "INT8_PTQ collapses FMGRD's image score to ~1e-6 (map fine); fix pending"}
+
+
+def datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_mvtec(
+        tmp_path_factory.mktemp("int8") / "data", n_train=8, n_test_good=4, n_test_defect=4, image_size=SIZE
+    )
+
+
+@pytest.fixture(scope="module")
+def test_images(data_root: Path) -> list[torch.Tensor]:
+    dm = datamodule(data_root)
+    dm.setup()
+    return [dm.test_data[index].image for index in range(len(dm.test_data))]
+
+
+def build_or_skip(name: str) -> torch.nn.Module:
+    try:
+        return build(name)
+    except TypeError as error:  # a model being refactored while its tiny entry is not yet updated
+        if name == MUST_PASS:
+            raise
+        pytest.skip(f"tests/helpers/tiny.py's {name} entry does not match the model: {error}")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def exports(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The trained model's IRs in f32, FP16 and INT8_PTQ, post-processor off (raw maps and scores)."""
+    name = request.param
+    tmp = tmp_path_factory.mktemp(f"int8_{name}")
+    torch.manual_seed(0)
+    model = build_or_skip(name)
+    engine = Engine(
+        max_epochs=TINY[name]["max_epochs"],
+        default_root_dir=tmp / "results",
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+    )
+    engine.fit(model=model, datamodule=datamodule(data_root))
+    plain = copy.deepcopy(model)
+    plain.post_processor = PostProcessor(enable_normalization=False, enable_thresholding=False)
+    paths = {}
+    for label, compression in (("f32", None), ("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ)):
+        paths[label] = engine.export(
+            model=plain,
+            export_type=ExportType.OPENVINO,
+            export_root=tmp / label,
+            input_size=(SIZE, SIZE),
+            compression_type=compression,
+            datamodule=datamodule(data_root) if compression is CompressionType.INT8_PTQ else None,
+        )
+    return {"name": name, "tmp": tmp, "paths": paths, "engine": engine, "model": model}
+
+
+def run(path: Path, tmp: Path, images: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (N, H*W) and scores (N,) of the IR at ``path`` on ``images``."""
+    os.chdir(tmp)  # OpenVINOInferencer writes ./openvino_cache
+    inferencer = OpenVINOInferencer(path=path, device="CPU", config=OV_CONFIG)
+    outputs = [inferencer.predict(image) for image in images]
+    maps = np.stack([np.asarray(out.anomaly_map, dtype=np.float32).reshape(-1) for out in outputs])
+    scores = np.array([float(np.asarray(out.pred_score).reshape(-1)[0]) for out in outputs])
+    return maps, scores
+
+
+def spread_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest difference, as a fraction of the range of ``expected``."""
+    return float(np.abs(got - expected).max()) / (float(expected.max() - expected.min()) + 1e-12)
+
+
+def test_fp16_raw_maps_and_scores_stay_close_to_f32(exports: dict, test_images: list) -> None:
+    f32_maps, f32_scores = run(exports["paths"]["f32"], exports["tmp"], test_images)
+    maps, scores = run(exports["paths"]["fp16"], exports["tmp"], test_images)
+    print(
+        f"{exports['name']} fp16: map {spread_error(maps, f32_maps):.4f}, score {spread_error(scores, f32_scores):.4f}"
+    )
+    assert spread_error(maps, f32_maps) <= FP16_RTOL_OF_RANGE
+    assert spread_error(scores, f32_scores) <= FP16_RTOL_OF_RANGE
+
+
+def test_int8_raw_maps_stay_close_to_f32(exports: dict, test_images: list) -> None:
+    f32_maps, _ = run(exports["paths"]["f32"], exports["tmp"], test_images)
+    maps, _ = run(exports["paths"]["int8"], exports["tmp"], test_images)
+    print(f"{exports['name']} int8: map {spread_error(maps, f32_maps):.4f} of the f32 map's range")
+    assert spread_error(maps, f32_maps) <= INT8_MAP_RTOL_OF_RANGE
+
+
+def mark_known_score_failure(request: pytest.FixtureRequest, name: str) -> None:
+    if name in INT8_SCORE_BROKEN:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=INT8_SCORE_BROKEN[name]))
+
+
+def test_int8_raw_image_scores_stay_close_to_f32(
+    exports: dict, test_images: list, request: pytest.FixtureRequest
+) -> None:
+    mark_known_score_failure(request, exports["name"])
+    _, f32_scores = run(exports["paths"]["f32"], exports["tmp"], test_images)
+    _, scores = run(exports["paths"]["int8"], exports["tmp"], test_images)
+    print(f"{exports['name']} int8: score {spread_error(scores, f32_scores):.4f} of the f32 scores' range")
+    assert spread_error(scores, f32_scores) <= INT8_SCORE_RTOL_OF_RANGE
+
+
+def test_int8_image_scores_stay_close_to_f32_after_post_processing(
+    exports: dict, test_images: list, request: pytest.FixtureRequest
+) -> None:
+    """The scores a user sees: the trained post-processor (normalisation, threshold at 0.5) on both IRs' raw outputs.
+
+    It is the post-processor the export traces into the graph; applying it here saves two more exports.
+    """
+    mark_known_score_failure(request, exports["name"])
+    paths, tmp, post_processor = exports["paths"], exports["tmp"], exports["model"].post_processor
+    scores = {}
+    for label in ("f32", "int8"):
+        maps, raw_scores = run(paths[label], tmp, test_images)
+        batch = InferenceBatch(
+            pred_score=torch.from_numpy(raw_scores).float(),
+            anomaly_map=torch.from_numpy(maps).reshape(len(test_images), 1, SIZE, SIZE),
+        )
+        with torch.no_grad():
+            scores[label] = post_processor(batch).pred_score.reshape(-1).numpy()
+    error = float(np.abs(scores["int8"] - scores["f32"]).max())
+    print(f"{exports['name']} int8 post-processed score: {error:.4f}")
+    assert error <= INT8_SCORE_ATOL
+
+
+def test_int8_ir_is_quantised(exports: dict) -> None:
+    xml = Path(exports["paths"]["int8"]).read_text()
+    assert "FakeQuantize" in xml or "FakeConvert" in xml or 'element_type="i8"' in xml or 'element_type="u8"' in xml
+
+
+def test_export_helper_names_the_missing_datamodule_before_converting(tmp_path: Path) -> None:
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    for compression in ("INT8_PTQ", CompressionType.INT8_ACQ):
+        with pytest.raises(ValueError, match=r"compression_type=INT8_\w+ needs calibration images.*--data"):
+            export_openvino(engine, build(MUST_PASS), tmp_path / "out", compression_type=compression)
+    assert not (tmp_path / "out").exists()  # nothing was converted
+
+
+def test_anomalib_itself_refuses_int8_ptq_without_a_datamodule() -> None:
+    """anomalib's own check (raised after the ONNX conversion, hence called directly here) names no flag."""
+    model_class = registered_models()[MUST_PASS]
+    with pytest.raises(ValueError, match="Datamodule must be provided for OpenVINO INT8_PTQ compression"):
+        model_class._post_training_quantization_ov(None, datamodule=None)
+
+
+def test_a_datamodule_without_validation_images_is_named(data_root: Path) -> None:
+    empty = MVTecAD(root=data_root, category="toy", num_workers=0, val_split_mode="none")
+    with pytest.raises(ValueError, match=r"MVTecAD has none \(val_split_mode='none'\)"):
+        check_calibration(CompressionType.INT8_PTQ, empty)
+    check_calibration(CompressionType.FP16, None)  # FP16 and weight-only INT8 need no data
+    check_calibration(CompressionType.INT8, None)
+    check_calibration(CompressionType.INT8_PTQ, datamodule(data_root))
