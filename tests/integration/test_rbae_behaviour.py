@@ -1,4 +1,13 @@
-"""RB-AE behaviour: trained briefly on normal textures, it ranks defects higher and localises them."""
+"""RB-AE behaviour: trained on normal stripes only, it finds defects that stay inside the normal grey range.
+
+The data (``tests/helpers/behaviour.py``) has rotated, finer, blurred and warped stripes and both
+contrast polarities, all inside the normal intensity range: the zero-learning baseline (distance to the
+mean training image) fails it, and so does RB-AE stopped one epoch into phase 2 (the feature repair
+against the reference is what finds the defects). Measured (64 px, 16 training images, phase 1 6 epochs
+then phase 2 12, one thread): image/pixel AUROC 1.000/0.967, 0.993/0.978 and 1.000/0.994 for seeds 0, 1
+and 2; one epoch of phase 2: 0.792/0.745; baseline 0.625/0.379. With 3 phase-1 epochs seed 2 failed
+(0.47), so phase 1 runs 6.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +16,22 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from torchmetrics.classification import BinaryAUROC
 
 from anomalib_ext.models import RBAE
 from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
-from tests.helpers.datasets import make_fake_mvtec
+from tests.helpers.behaviour import CATEGORY, make_behaviour_dataset, zero_learning_auroc
 
 pytestmark = pytest.mark.slow
+
+SIZE = 64
+PHASE1_EPOCHS = 6
+PHASE2_EPOCHS = 12
+MIN_IMAGE_AUROC = 0.9
+MIN_PIXEL_AUROC = 0.9
+# phase 2 must add this much pixel AUROC over the model stopped after its first phase-2 epoch
+MIN_PHASE2_GAIN = 0.1
 
 
 @pytest.fixture(autouse=True)
@@ -28,29 +43,27 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-SIZE = 64
-# the highest map value must lie inside the defect mask dilated by this many pixels
-TOLERANCE_PX = 3
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_behaviour_dataset(tmp_path_factory.mktemp("rbae_behaviour"), n_train=16)
 
 
-def test_defects_score_higher_and_map_peaks_inside_the_defect(tmp_path: Path) -> None:
+def train_and_test(root: Path, tmp_path: Path, phase2_epochs: int) -> dict[str, float]:
     torch.manual_seed(0)
-    data_root = make_fake_mvtec(tmp_path / "data", n_train=8, n_test_good=4, n_test_defect=6, image_size=SIZE)
-    datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=2, eval_batch_size=10, num_workers=0)
+    datamodule = MVTecAD(root=root, category=CATEGORY, train_batch_size=4, eval_batch_size=24, num_workers=0)
     model = RBAE(
-        phase1=Phase1Config(epochs=3),
-        phase2=Phase2Config(epochs=12),
+        phase1=Phase1Config(epochs=PHASE1_EPOCHS),
+        phase2=Phase2Config(epochs=phase2_epochs),
         lr=1e-3,
         pre_processor=RBAE.configure_pre_processor((SIZE, SIZE)),
         network=NetworkConfig(encoder_channels=(8, 16, 32, 32, 32), ffm_mid_channels=16),
         perceptual_backbone="efficientnet_lite0",
         perceptual_layers=(0, 1),
-        evaluator=False,
         visualizer=False,
     )
     engine = Engine(
-        max_epochs=15,
-        default_root_dir=tmp_path / "results",
+        max_epochs=PHASE1_EPOCHS + phase2_epochs,
+        default_root_dir=tmp_path / f"results_{phase2_epochs}",
         accelerator="cpu",
         devices=1,
         check_val_every_n_epoch=100,
@@ -58,24 +71,20 @@ def test_defects_score_higher_and_map_peaks_inside_the_defect(tmp_path: Path) ->
         logger=False,
     )
     engine.fit(model=model, datamodule=datamodule)
+    return engine.test(model=model, datamodule=datamodule, verbose=False)[0]
 
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()))
-    images, _ = model.pre_processor.transform(batch.image, batch.gt_mask)
-    model.model.eval()
-    with torch.no_grad():
-        out = model.model(images)
-    labels = batch.gt_label.int()
-    scores = out.pred_score
-    auroc = BinaryAUROC()(scores, labels).item()
-    print(f"RBAE behaviour: image AUROC {auroc:.3f}")
-    assert auroc > 0.8, f"image AUROC {auroc:.3f}, scores {scores.tolist()}, labels {labels.tolist()}"
 
-    masks = batch.gt_mask.float().view(-1, 1, SIZE, SIZE)
-    dilated = F.max_pool2d(masks, 2 * TOLERANCE_PX + 1, stride=1, padding=TOLERANCE_PX) > 0
-    hits = []
-    for i in torch.nonzero(labels).flatten().tolist():
-        peak = out.anomaly_map[i, 0].flatten().argmax()
-        hits.append(bool(dilated[i, 0].flatten()[peak]))
-    print(f"RBAE behaviour: map peak inside the defect for {sum(hits)}/{len(hits)} images")
-    assert sum(hits) >= len(hits) - 1, f"map peaks inside the defect for {sum(hits)}/{len(hits)} images"
+def test_the_zero_learning_baseline_fails_the_data(data_root: Path) -> None:
+    image_auroc, pixel_auroc = zero_learning_auroc(data_root)
+    assert image_auroc < MIN_IMAGE_AUROC
+    assert pixel_auroc < MIN_PIXEL_AUROC
+
+
+def test_trained_rbae_finds_in_range_defects_and_phase2_is_what_finds_them(data_root: Path, tmp_path: Path) -> None:
+    trained = train_and_test(data_root, tmp_path, PHASE2_EPOCHS)
+    print(f"RBAE behaviour: image AUROC {trained['image_AUROC']:.3f}, pixel AUROC {trained['pixel_AUROC']:.3f}")
+    assert trained["image_AUROC"] >= MIN_IMAGE_AUROC
+    assert trained["pixel_AUROC"] >= MIN_PIXEL_AUROC
+    early = train_and_test(data_root, tmp_path, 1)
+    print(f"RBAE after one phase-2 epoch: pixel AUROC {early['pixel_AUROC']:.3f}")
+    assert trained["pixel_AUROC"] >= early["pixel_AUROC"] + MIN_PHASE2_GAIN

@@ -160,6 +160,23 @@ def test_checkpoint_with_the_groups_loads_with_weights_only(tmp_path: Path) -> N
     assert loaded.hparams["network"] == TINY["network"]
 
 
+def test_a_reloaded_checkpoint_keeps_the_trained_input_size(tmp_path: Path) -> None:
+    """RB-AE's own checkpoint hook must keep anomalib's: without it the pre-processor came back at 256 px."""
+    model = tiny()
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    model.on_save_checkpoint(checkpoint)
+    assert "rbae_reference_candidates" in checkpoint
+    path = tmp_path / "rbae.ckpt"
+    torch.save(checkpoint, path)
+    loaded = RBAE.load_from_checkpoint(path, map_location="cpu")
+    image = torch.rand(1, 3, 2 * SIZE, 2 * SIZE)
+    assert loaded.pre_processor(image).shape[-2:] == (SIZE, SIZE)
+
+
 def test_pre_processor_resizes_only() -> None:
     model = tiny()
     out = model.pre_processor.transform(torch.rand(1, 3, 100, 100))

@@ -379,7 +379,12 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         return self.trainer.strategy.broadcast(image, src=0).to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the reference candidates, so a run resumed in phase 1 picks the same reference."""
+        """Save anomalib's component configuration and the reference candidates.
+
+        anomalib's part holds the pre-processor (its input size), so a reloaded model sees images at
+        the trained size; the candidates make a run resumed in phase 1 pick the same reference.
+        """
+        super().on_save_checkpoint(checkpoint)
         checkpoint["rbae_reference_candidates"] = [list(item) for item in self._reference_candidates]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
