@@ -1,9 +1,9 @@
-"""N2N end to end on tiny fake MVTec data: Engine fit/test/predict, export, OpenVINO parity, reload, CLI."""
+"""What only N2N needs beyond the contract suite (``test_contract.py``): its OpenVINO model at the CPU's
+default precision finishes in a bounded time, and the checkpoint on disk is the restored best epoch."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from anomalib.deploy import ExportType, OpenVINOInferencer
+from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 
 from anomalib_ext.models import N2N
@@ -21,8 +21,6 @@ pytestmark = pytest.mark.slow
 
 SIZE = 64
 TINY = {"base_channels": 8, "lr": 1e-3, "early_stopping_patience": 0}
-# Torch (fp32) vs OpenVINO compiled with INFERENCE_PRECISION_HINT=f32 on the same pre-resized image.
-PARITY_ATOL = 1e-4
 # OpenVINO at the device's default precision (bf16 network on CPUs with AVX512-BF16/AMX, f32 error
 # map) vs f32, on the anomaly map (values in [0, 2]) and the score; measured 3e-3 / 4e-4 (64 px, C = 8).
 DEFAULT_PRECISION_ATOL = 0.02
@@ -49,71 +47,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     engine = Engine(max_epochs=1, default_root_dir=root / "results", accelerator="cpu", devices=1)
     engine.fit(model, datamodule=datamodule)
     return {"root": root, "data_root": data_root, "datamodule": datamodule, "model": model, "engine": engine}
-
-
-def test_fit_test_predict(trained: dict) -> None:
-    engine, model, datamodule = trained["engine"], trained["model"], trained["datamodule"]
-    results = engine.test(model, datamodule=datamodule)
-    assert {"image_AUROC", "pixel_AUROC"} <= set(results[0])
-    predictions = engine.predict(model, datamodule=datamodule)
-    batch = predictions[0]
-    assert batch.anomaly_map.shape[-2:] == (SIZE, SIZE)
-    assert batch.pred_score.shape == (batch.image.shape[0],)
-    assert torch.isfinite(batch.anomaly_map).all()
-
-
-def test_checkpoint_reloads_with_weights_only(trained: dict) -> None:
-    checkpoint = trained["engine"].trainer.checkpoint_callback.best_model_path or None
-    path = Path(trained["root"]) / "n2n.ckpt"
-    trained["engine"].trainer.save_checkpoint(path)
-    assert checkpoint is None or Path(checkpoint).exists()
-    reloaded = N2N.load_from_checkpoint(path, weights_only=True)
-    original = trained["model"].model.state_dict()
-    for key, value in reloaded.model.state_dict().items():
-        torch.testing.assert_close(value, original[key])
-    assert torch.equal(reloaded.model.eval_noise, trained["model"].model.eval_noise)
-    image = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
-    trained["model"].model.eval()
-    reloaded.model.eval()
-    torch.testing.assert_close(reloaded.model(image).anomaly_map, trained["model"].model(image).anomaly_map)
-
-
-@pytest.mark.parametrize("export_type", [ExportType.ONNX, ExportType.OPENVINO])
-def test_export_and_openvino_parity(trained: dict, export_type: ExportType, tmp_path: Path) -> None:
-    model, engine = trained["model"], trained["engine"]
-    path = engine.export(
-        model,
-        export_type,
-        export_root=tmp_path,
-        input_size=(SIZE, SIZE),
-        onnx_kwargs={"opset_version": 18},
-    )
-    assert path is not None
-    assert Path(path).exists()
-    if export_type == ExportType.ONNX:
-        import onnx
-
-        ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-        assert not any(op.startswith("Random") for op in ops)
-    inferencer = OpenVINOInferencer(path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
-    generator = torch.Generator().manual_seed(1)
-    image = torch.rand(1, 3, SIZE, SIZE, generator=generator)  # already at the model size (T2)
-    ov_out = inferencer.predict(image)
-    model.eval()
-    with torch.no_grad():
-        torch_out = model(image)
-    torch.testing.assert_close(
-        torch.as_tensor(ov_out.anomaly_map).reshape(torch_out.anomaly_map.shape),
-        torch_out.anomaly_map,
-        atol=PARITY_ATOL,
-        rtol=0,
-    )
-    torch.testing.assert_close(
-        torch.as_tensor(ov_out.pred_score).reshape(torch_out.pred_score.shape),
-        torch_out.pred_score,
-        atol=PARITY_ATOL,
-        rtol=0,
-    )
 
 
 _DEFAULT_PRECISION_SCRIPT = """
@@ -164,46 +97,6 @@ def test_openvino_default_precision_finishes_and_matches_f32(trained: dict, tmp_
     f32 = {output.get_any_name(): value for output, value in f32.items()}
     for name in ("anomaly_map", "pred_score"):
         np.testing.assert_allclose(default[name], f32[name], atol=DEFAULT_PRECISION_ATOL, rtol=0, err_msg=name)
-
-
-def test_cli_trains_by_short_name(trained: dict, tmp_path: Path) -> None:
-    anomalib = Path(sys.executable).parent / "anomalib"
-    command = [
-        str(anomalib),
-        "fit",
-        "--model",
-        "N2N",
-        "--model.base_channels",
-        "8",
-        "--data",
-        "anomalib.data.MVTecAD",
-        "--data.root",
-        str(trained["data_root"]),
-        "--data.category",
-        "toy",
-        "--data.val_split_mode",
-        "from_train",
-        "--data.val_split_ratio",
-        "0.25",
-        "--data.train_batch_size",
-        "4",
-        "--data.eval_batch_size",
-        "4",
-        "--data.num_workers",
-        "0",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "1",
-        "--default_root_dir",
-        str(tmp_path),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert list(tmp_path.rglob("*.ckpt"))
 
 
 def test_checkpoint_on_disk_is_the_restored_best_epoch(tmp_path: Path) -> None:
