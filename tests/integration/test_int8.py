@@ -28,6 +28,7 @@ from anomalib.post_processing import PostProcessor
 from anomalib_ext.export import check_calibration, export_openvino
 from anomalib_ext.registry import registered_models
 from tests.helpers.datasets import make_fake_mvtec
+from tests.helpers.sweep import sweep
 from tests.helpers.tiny import SIZE, TINY, build
 
 # Training and three exports take ~20 min on a loaded 2-core machine (2 min idle): beyond the default 900 s.
@@ -76,7 +77,7 @@ def build_or_skip(name: str) -> torch.nn.Module:
         pytest.skip(f"tests/helpers/tiny.py's {name} entry does not match the model: {error}")
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=sweep(MODELS, default=MUST_PASS))
 def exports(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The trained model's IRs in f32, FP16 and INT8_PTQ, post-processor off (raw maps and scores)."""
     name = request.param

@@ -21,6 +21,7 @@ from PIL import Image
 from anomalib_ext.models import RBAE
 from anomalib_ext.tiling import TILING_SUPPORT, TiledModel, TileGrid, Tiling, export_tiled
 from tests.helpers.datasets import normal_texture
+from tests.helpers.sweep import sweep
 from tests.helpers.tiny import build
 
 pytestmark = pytest.mark.slow
@@ -159,12 +160,7 @@ def test_stitched_map_is_the_models_map_of_each_tile(stride: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- the models
 #: Every model whose map is local enough to tile (RB-AE is refused, see docs/tiling.md).
-TILING_MODELS = [
-    pytest.param("FMGRD", id="FMGRD"),
-    pytest.param("MLDFR", id="MLDFR"),
-    pytest.param("N2N", id="N2N"),
-    pytest.param("SMCC", id="SMCC"),
-]
+TILING_MODELS = sweep(["FMGRD", "MLDFR", "N2N", "SMCC"], default="FMGRD")
 #: Settings these tests need beyond the tiny ones: SMCC's bank no larger than a batch of whole images (3).
 OVERRIDES: dict[str, dict[str, object]] = {
     "SMCC": {"memory_bank_images": 2},

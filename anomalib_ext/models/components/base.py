@@ -11,6 +11,8 @@ direct base, which :func:`anomalib.models.get_model` needs. It provides:
 - one random generator per process, ``self.generator``, seeded from the seed ``seed_everything`` set plus
   the global rank (so DDP ranks draw different corruptions and masks), created at fit start and
   dropped at fit end (a ``torch.Generator`` can be neither copied nor exported);
+- what the trainer and anomalib need to know of every model here: one-class learning, no gradient clipping
+  and no sanity validation (as anomalib's reverse distillation and DRAEM; a model may override);
 - frozen sub-networks kept in eval mode: a model lists them in ``frozen_modules`` (attribute paths in
   ``self.model``); they are frozen (``requires_grad_(False)``) when training starts and put back in eval
   mode at every training epoch and batch, because Lightning restores each module's mode after
@@ -26,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from anomalib import LearningType
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from torch import nn
@@ -45,6 +48,16 @@ class AnomalibExtModule:
     generator: torch.Generator | None = None
 
     model: nn.Module
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: every model here trains on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping and no sanity validation, as anomalib's reverse distillation and DRAEM."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -166,13 +165,3 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
             val_loss = self.loss.distance(teacher, generated).detach()
             self.log("val_loss", val_loss, on_epoch=True, batch_size=len(batch.image), sync_dist=True)
         return batch.update(**self.model.predict(teacher, generated)._asdict())
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """What the method needs from the trainer: no gradient clipping, no sanity validation (as RD)."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS

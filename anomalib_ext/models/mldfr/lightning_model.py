@@ -39,7 +39,6 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -256,13 +255,3 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
         )
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": config.lr_step_interval}}
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping and no sanity validation, as anomalib's reverse distillation and DRAEM."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """MLDFR trains on normal images only."""
-        return LearningType.ONE_CLASS

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.callbacks.checkpoint import ModelCheckpoint
 from anomalib.data import Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
@@ -337,13 +336,3 @@ class N2N(AnomalibExtModule, AnomalibModule):
         path = super().to_openvino(*args, **kwargs)
         keep_error_map_precise(path)
         return path
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (none in the paper) and no sanity validation (as DRAEM)."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """N2N trains on normal images only."""
-        return LearningType.ONE_CLASS

@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -192,11 +191,6 @@ class RBAE(AnomalibExtModule, AnomalibModule):
     def trainer_arguments(self) -> dict[str, Any]:
         """Manual optimisation (two phases, two optimizers) forbids gradient clipping (T14)."""
         return {"gradient_clip_val": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Phase-1 Adam (encoder + decoder) and a fresh phase-2 Adam (RBAM + decoder + MSFDM), A27."""

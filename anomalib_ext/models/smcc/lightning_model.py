@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import AUROC, Evaluator
 from anomalib.models.components import AnomalibModule
@@ -177,16 +176,6 @@ class SMCC(AnomalibExtModule, AnomalibModule):
     def configure_post_processor(self) -> PostProcessor:
         """Anomalib's one-class post-processor (the numbers published for SMCC were measured with it)."""
         return PostProcessor()
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping; no sanity validation before the bank exists (T13). Nothing else (T20)."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS
 
     def configure_optimizers(self) -> Any:
         """Adam with coupled L2 weight decay on every trainable parameter (Table II, A14)."""
