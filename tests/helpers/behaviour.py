@@ -148,3 +148,33 @@ def zero_learning_auroc(root: str | Path) -> tuple[float, float]:
     image = binary_auroc(torch.tensor(scores), torch.tensor(labels)).item()
     pixel = binary_auroc(torch.tensor(np.concatenate(maps)), torch.tensor(np.concatenate(masks)).long()).item()
     return image, pixel
+
+
+def raw_auroc(model: torch.nn.Module, datamodule: object) -> tuple[float, float]:
+    """Image and pixel AUROC of ``model``'s raw outputs (before any post-processor) on the test images.
+
+    For a model that has not been fitted (no post-processor statistics yet), so an untrained model and
+    the trained one are scored the same way. Maps are resized to the masks' size.
+    """
+    datamodule.setup("test")
+    model.eval()
+    scores, labels, maps, masks = [], [], [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            output = model.model(model.pre_processor.transform(batch.image))
+            anomaly_map = output.anomaly_map.reshape(len(batch.image), 1, *output.anomaly_map.shape[-2:])
+            mask = batch.gt_mask.reshape(len(batch.image), -1, *batch.gt_mask.shape[-2:])[:, :1]
+            anomaly_map = torch.nn.functional.interpolate(anomaly_map, size=mask.shape[-2:], mode="bilinear")
+            scores.append(output.pred_score.reshape(-1))
+            labels.append(batch.gt_label.reshape(-1).long())
+            maps.append(anomaly_map.reshape(-1))
+            masks.append(mask.reshape(-1).long())
+    image = binary_auroc(_unit(torch.cat(scores)), torch.cat(labels)).item()
+    pixel = binary_auroc(_unit(torch.cat(maps)), torch.cat(masks)).item()
+    return image, pixel
+
+
+def _unit(values: torch.Tensor) -> torch.Tensor:
+    """``values`` scaled into [0, 1], order kept: torchmetrics reads values outside it as logits (sigmoid ties)."""
+    values = values.double()
+    return (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12)

@@ -1,71 +1,72 @@
-"""FMGRD behaves like an anomaly detector after brief training on normal images only.
+"""FMGRD behaviour: trained on normal stripes only, it finds defects that stay inside the normal grey range.
 
-Trained for a few epochs on 8 normal images of the fake texture (EfficientNet-Lite0 teacher with its
-real ImageNet weights, 64 px), the model must (1) rank every defective test image above the normal
-ones in the large majority of pairs (image AUROC >= 0.9) and (2) put the maximum of each defective
-image's map inside its defect mask or within ``ARGMAX_TOLERANCE_PX`` pixels of it. An untrained
-student gives maps with no relation to the defects, so both checks can fail.
+The data (``tests/helpers/behaviour.py``) has rotated, finer, blurred and warped stripes and both
+contrast polarities, all inside the normal intensity range, 12 defective and 12 normal test images
+(half of each to validation under anomalib's default split): the zero-learning baseline (distance to the
+mean training image) fails it, and so does the same FMGRD before training (frozen ImageNet teacher,
+random student). Measured 2026-12-03 (64 px, 16 training images, 5 epochs, 4 s of training), image/pixel
+AUROC and AUPRO through ``Engine.test``: 1.000/0.941/0.816, 1.000/0.932/0.794 and 1.000/0.927/0.785 for
+seeds 0, 1 and 2; untrained (raw outputs): 0.500/0.348, 0.736/0.457, 0.438/0.565; baseline 0.625/0.379.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_ext.models import FMGRD
-from tests.helpers.datasets import make_fake_mvtec
+from tests.helpers.behaviour import CATEGORY, make_behaviour_dataset, raw_auroc, zero_learning_auroc
 
 pytestmark = pytest.mark.slow
 
-IMAGE_SIZE = 64
+SIZE = 64
 EPOCHS = 5
-MIN_IMAGE_AUROC = 0.9
-ARGMAX_TOLERANCE_PX = 4.0
+MIN_IMAGE_AUROC = 0.95
+MIN_PIXEL_AUROC = 0.9
+MIN_AUPRO = 0.7
+# training must add this much pixel AUROC over the same model before training (measured gain: 0.36-0.59)
+MIN_TRAINING_GAIN = 0.2
 
 
-def pairwise_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of (defective, normal) pairs ranked correctly, ties counting one half."""
-    defect, normal = scores[labels == 1], scores[labels == 0]
-    diff = defect[:, None] - normal[None, :]
-    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_behaviour_dataset(tmp_path_factory.mktemp("fmgrd_behaviour"), n_train=16)
+    image_auroc, pixel_auroc = zero_learning_auroc(root)
+    assert image_auroc < MIN_IMAGE_AUROC  # the data needs learning
+    assert pixel_auroc < MIN_PIXEL_AUROC
+    return root
 
 
-def test_defects_score_higher_and_the_map_peaks_on_the_defect(tmp_path):
-    root = make_fake_mvtec(tmp_path / "data", n_train=8, n_test_good=4, n_test_defect=4, image_size=IMAGE_SIZE)
+def test_trained_fmgrd_finds_in_range_defects_that_it_did_not_before_training(data_root: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    datamodule = MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=8, num_workers=0)
+    datamodule = MVTecAD(root=data_root, category=CATEGORY, train_batch_size=4, eval_batch_size=24, num_workers=0)
     model = FMGRD(
         backbone="efficientnet_lite0",
         layers=["blocks.1", "blocks.2", "blocks.4"],
         pre_trained=True,
         sigma=1,
-        pre_processor=FMGRD.configure_pre_processor((IMAGE_SIZE, IMAGE_SIZE)),
+        pre_processor=FMGRD.configure_pre_processor((SIZE, SIZE)),
+        visualizer=False,
     )
+    _, untrained_pixel = raw_auroc(model, datamodule)
     engine = Engine(
-        max_epochs=EPOCHS, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, limit_val_batches=0
+        max_epochs=EPOCHS,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
     )
     engine.fit(model=model, datamodule=datamodule)
-
-    datamodule.setup()
-    model.eval()
-    scores, labels, distances = [], [], []
-    for batch in datamodule.test_dataloader():
-        with torch.no_grad():
-            out = model.model(model.pre_processor.transform(batch.image))  # raw map: no min-max post-processing
-        scores.append(out.pred_score.flatten())
-        labels.append(batch.gt_label.flatten().long())
-        for label, mask, anomaly_map in zip(batch.gt_label, batch.gt_mask, out.anomaly_map, strict=True):
-            if not label:
-                continue
-            peak = int(anomaly_map.flatten().argmax())
-            y, x = divmod(peak, anomaly_map.shape[-1])
-            ys, xs = torch.nonzero(mask.squeeze(), as_tuple=True)
-            distances.append(float(torch.sqrt((ys - y).float() ** 2 + (xs - x).float() ** 2).min()))
-    scores_t, labels_t = torch.cat(scores), torch.cat(labels)
-    auroc = pairwise_auroc(scores_t, labels_t)
-    assert auroc >= MIN_IMAGE_AUROC, f"image AUROC {auroc:.3f}, scores {scores_t.tolist()}, labels {labels_t.tolist()}"
-    assert len(distances) == 4
-    assert max(distances) <= ARGMAX_TOLERANCE_PX, f"map peaks {distances} px away from the defects"
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    _, trained_pixel = raw_auroc(model, datamodule)
+    print(f"FMGRD behaviour: {metrics}, raw pixel AUROC untrained {untrained_pixel:.3f} trained {trained_pixel:.3f}")
+    assert metrics["image_AUROC"] >= MIN_IMAGE_AUROC
+    assert metrics["pixel_AUROC"] >= MIN_PIXEL_AUROC
+    assert metrics["pixel_AUPRO"] >= MIN_AUPRO
+    assert trained_pixel >= untrained_pixel + MIN_TRAINING_GAIN

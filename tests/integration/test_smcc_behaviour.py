@@ -1,37 +1,58 @@
-"""SMCC behaviour: trained briefly on normal images, it ranks defects above normals and points at them.
+"""SMCC behaviour: the self-update is what makes its memory bank find in-range defects better.
 
-Spec section 10, item 29 and the collapse diagnostic of item 30 (T15): after the self-update the
-defect scores must still be above every normal score, so a collapsed feature space fails here.
+The data (``tests/helpers/behaviour.py``) has rotated, finer, blurred and warped stripes and both
+contrast polarities, all inside the normal intensity range: the zero-learning baseline (distance to the
+mean training image) fails it. A bank of un-adapted ImageNet features (the same run with ``lr=0``, a
+PatchCore-like model) already finds these defects well, so the self-update is checked by what it adds:
+pixel AUROC and AUPRO through ``Engine.test``, and a bank that keeps its spread (no collapse, spec T15).
+
+Weight decay is off here: with the paper's coupled L2 (5e-4) under Adam, the decay alone moves every
+weight by about ``lr`` per step, and that drift alone (the SMCC loss multiplied by 0) gave the same gain
+over the un-adapted bank, so the test could not tell whether the loss does anything.
+
+Measured 2026-12-03 (64 px, 16 training images, EfficientNet-Lite0, 5 epochs, 4 s of training), image
+AUROC / pixel AUROC / AUPRO: self-updated 1.000/0.960/0.871 (seed 0), 1.000/0.957/0.861 (seed 1);
+un-adapted bank 1.000/0.940/0.807, 1.000/0.937/0.799, 1.000/0.938/0.803 (seeds 0-2). Two epochs gave
+gains of only +0.009 to +0.014 pixel AUROC and +0.028 to +0.043 AUPRO, hence five.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
-from scipy import ndimage
 
 from anomalib_ext.models import SMCC
-from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig
-from tests.helpers.datasets import make_fake_mvtec
+from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig, TrainingConfig
+from tests.helpers.behaviour import CATEGORY, make_behaviour_dataset, zero_learning_auroc
 
 pytestmark = pytest.mark.slow
 
 SIZE = 64
-# The argmax may lie this close to the mask: one patch is 4 px at the stride-4 fusion, and bilinear upsampling
-# plus Gaussian smoothing move the peak towards the defect border (measured: 2.0-3.6 px).
-TOLERANCE_PX = 5
+EPOCHS = 5
+MIN_IMAGE_AUROC = 0.95
+MIN_PIXEL_AUROC = 0.93
+MIN_AUPRO = 0.75
+# what the self-update must add over the un-adapted bank (measured: +0.019/+0.020 pixel AUROC, +0.066/+0.062 AUPRO)
+MIN_PIXEL_GAIN = 0.008
+MIN_AUPRO_GAIN = 0.03
 
 
-def test_defects_score_higher_and_the_map_peaks_inside_the_defect(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_behaviour_dataset(tmp_path_factory.mktemp("smcc_behaviour"), n_train=16)
+    image_auroc, pixel_auroc = zero_learning_auroc(root)
+    assert image_auroc < MIN_IMAGE_AUROC  # the data needs learning
+    assert pixel_auroc < MIN_PIXEL_AUROC
+    return root
+
+
+def train_and_test(root: Path, tmp_path: Path, lr: float) -> tuple[dict[str, float], SMCC]:
     seed_everything(0)
-    data_root = make_fake_mvtec(tmp_path / "data", image_size=SIZE, n_train=16, n_test_good=4, n_test_defect=4)
-    datamodule = MVTecAD(root=data_root, category="toy", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    datamodule = MVTecAD(root=root, category=CATEGORY, train_batch_size=8, eval_batch_size=24, num_workers=0)
     model = SMCC(
         backbone="efficientnet_lite0",
         layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
@@ -39,23 +60,32 @@ def test_defects_score_higher_and_the_map_peaks_inside_the_defect(tmp_path: Path
         image_size=(SIZE, SIZE),
         n_components=3,
         memory_bank_images=8,
+        lr=lr,
         features=FeatureConfig(fusion_layer_index=0),
+        training=TrainingConfig(weight_decay=0.0),  # see the module docstring
         scoring=ScoringConfig(sigma=2.0),
+        visualizer=False,
     )
-    engine = Engine(max_epochs=2, default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
-    engine.fit(model, datamodule=datamodule)
+    engine = Engine(
+        max_epochs=EPOCHS,
+        default_root_dir=tmp_path / f"lr_{lr}",
+        accelerator="cpu",
+        devices=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    return engine.test(model=model, datamodule=datamodule, verbose=False)[0], model
+
+
+def test_the_self_update_finds_in_range_defects_better_than_the_unadapted_bank(data_root: Path, tmp_path: Path) -> None:
+    adapted, model = train_and_test(data_root, tmp_path, lr=1e-3)
+    unadapted, _ = train_and_test(data_root, tmp_path, lr=0.0)
+    print(f"SMCC behaviour: self-updated {adapted}, un-adapted bank {unadapted}")
     assert model.model.memory_bank.std(dim=0).mean() > 0  # no complete collapse (T15)
-
-    batches = engine.predict(model, dataloaders=datamodule.test_dataloader())
-    scores = torch.cat([b.pred_score for b in batches])
-    labels = torch.cat([b.gt_label for b in batches]).bool()
-    maps = torch.cat([b.anomaly_map for b in batches]).reshape(-1, SIZE, SIZE)
-    masks = torch.cat([b.gt_mask for b in batches]).reshape(-1, SIZE, SIZE).bool()
-    assert labels.sum() == 4
-    assert (~labels).sum() == 4
-
-    assert scores[labels].min() > scores[~labels].max(), (scores[labels], scores[~labels])
-    for anomaly_map, mask in zip(maps[labels], masks[labels], strict=True):
-        row, col = divmod(int(anomaly_map.argmax()), SIZE)
-        near_mask = ndimage.binary_dilation(mask.numpy(), iterations=TOLERANCE_PX)
-        assert near_mask[row, col], (row, col, np.argwhere(mask.numpy()).mean(0))
+    assert adapted["image_AUROC"] >= MIN_IMAGE_AUROC
+    assert adapted["pixel_AUROC"] >= MIN_PIXEL_AUROC
+    assert adapted["pixel_AUPRO"] >= MIN_AUPRO
+    assert adapted["pixel_AUROC"] >= unadapted["pixel_AUROC"] + MIN_PIXEL_GAIN
+    assert adapted["pixel_AUPRO"] >= unadapted["pixel_AUPRO"] + MIN_AUPRO_GAIN
