@@ -154,9 +154,11 @@ def raw_auroc(model: torch.nn.Module, datamodule: object) -> tuple[float, float]
     """Image and pixel AUROC of ``model``'s raw outputs (before any post-processor) on the test images.
 
     For a model that has not been fitted (no post-processor statistics yet), so an untrained model and
-    the trained one are scored the same way. Maps are resized to the masks' size.
+    the trained one are scored the same way. Maps are resized to the masks' size. Every module's
+    train/eval mode is restored afterwards (Lightning keeps the modes it finds when ``fit`` starts).
     """
     datamodule.setup("test")
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     scores, labels, maps, masks = [], [], [], []
     with torch.no_grad():
@@ -169,6 +171,8 @@ def raw_auroc(model: torch.nn.Module, datamodule: object) -> tuple[float, float]
             labels.append(batch.gt_label.reshape(-1).long())
             maps.append(anomaly_map.reshape(-1))
             masks.append(mask.reshape(-1).long())
+    for module, training in modes.items():
+        module.train(training)
     image = binary_auroc(_unit(torch.cat(scores)), torch.cat(labels)).item()
     pixel = binary_auroc(_unit(torch.cat(maps)), torch.cat(masks)).item()
     return image, pixel
