@@ -7,15 +7,22 @@ from here. Each entry runs the model's whole training (every phase, corruption, 
 
 ``TINY[name]`` holds ``init_args`` (constructor arguments, CLI spelling), ``image_size`` and
 ``max_epochs``; :func:`build` makes the model with a resize-only or ImageNet pre-processor as the
-model's own ``configure_pre_processor`` says.
+model's own ``configure_pre_processor`` says; :func:`fit_tiny` trains it through anomalib's ``Engine`` on
+a fake MVTec AD (:func:`toy_datamodule`); :func:`without_post_processing` gives a copy whose outputs
+(and exports) are the raw maps and scores.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
 
 from anomalib_ext.registry import registered_models
 
@@ -72,3 +79,26 @@ def build(name: str, size: int = SIZE, **overrides: Any) -> AnomalibModule:
     init_args = {**copy.deepcopy(TINY[name]["init_args"]), **overrides}
     init_args.setdefault("pre_processor", cls.configure_pre_processor(image_size=(size, size)))
     return cls(**init_args)
+
+
+def toy_datamodule(root: Path) -> MVTecAD:
+    """anomalib's MVTec AD datamodule on the ``toy`` category that ``make_fake_mvtec`` writes under ``root``."""
+    return MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+def fit_tiny(name: str, data_root: Path, results: Path) -> tuple[AnomalibModule, Engine]:
+    """The tiny ``name`` model (seed 0) trained for its tiny schedule through ``Engine.fit``; ``(model, engine)``."""
+    torch.manual_seed(0)
+    model = build(name)
+    engine = Engine(
+        max_epochs=TINY[name]["max_epochs"], default_root_dir=results, accelerator="cpu", devices=1, logger=False
+    )
+    engine.fit(model=model, datamodule=toy_datamodule(data_root))
+    return model, engine
+
+
+def without_post_processing(model: AnomalibModule) -> AnomalibModule:
+    """A copy of ``model`` whose post-processor neither normalises nor thresholds (raw maps and scores)."""
+    plain = copy.deepcopy(model)
+    plain.post_processor = PostProcessor(enable_normalization=False, enable_thresholding=False)
+    return plain

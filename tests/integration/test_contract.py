@@ -11,21 +11,18 @@ the CLI trains, tests, predicts and exports by short name. Accuracy is the behav
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
-from anomalib.post_processing import PostProcessor
 
 from anomalib_ext.registry import registered_models
 from tests.helpers.datasets import make_fake_mvtec
-from tests.helpers.tiny import SIZE, TINY, build
+from tests.helpers.tiny import SIZE, TINY, fit_tiny, toy_datamodule, without_post_processing
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +52,6 @@ def test_every_registered_model_is_in_the_contract() -> None:
     assert set(TINY) == set(MODELS)
 
 
-def datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_fake_mvtec(
@@ -70,16 +63,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     name = request.param
     tmp = tmp_path_factory.mktemp(f"contract_{name}")
-    torch.manual_seed(0)
-    model = build(name)
-    engine = Engine(
-        max_epochs=TINY[name]["max_epochs"],
-        default_root_dir=tmp / "results",
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-    )
-    engine.fit(model=model, datamodule=datamodule(data_root))
+    model, engine = fit_tiny(name, data_root, tmp / "results")
     return name, tmp, model, engine
 
 
@@ -93,10 +77,10 @@ def raw(model: torch.nn.Module, images: torch.Tensor) -> tuple[np.ndarray, np.nd
 
 def test_fit_test_predict_through_the_engine(trained, data_root: Path) -> None:
     _, _, model, engine = trained
-    metrics = engine.test(model=model, datamodule=datamodule(data_root))[0]
+    metrics = engine.test(model=model, datamodule=toy_datamodule(data_root))[0]
     for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max"):
         assert key in metrics
-    batch = engine.predict(model=model, datamodule=datamodule(data_root))[0]
+    batch = engine.predict(model=model, datamodule=toy_datamodule(data_root))[0]
     assert batch.anomaly_map.shape[-2:] == (SIZE, SIZE)
     assert batch.pred_score.reshape(-1).shape[0] == batch.image.shape[0]
     assert getattr(model, "generator", None) is None  # nothing random left after fit
@@ -107,10 +91,10 @@ def test_checkpoint_reloads_with_weights_only_and_predicts_the_same_scores(train
     checkpoint = Path(
         engine.trainer.checkpoint_callback.best_model_path or engine.trainer.checkpoint_callback.last_model_path
     )
-    expected = engine.predict(model=model, datamodule=datamodule(data_root))
+    expected = engine.predict(model=model, datamodule=toy_datamodule(data_root))
     fresh = type(model).load_from_checkpoint(checkpoint, map_location="cpu")  # weights_only=True by default
     got = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=checkpoint.parent).predict(
-        model=fresh, datamodule=datamodule(data_root), ckpt_path=checkpoint
+        model=fresh, datamodule=toy_datamodule(data_root), ckpt_path=checkpoint
     )
     for before, after in zip(expected, got, strict=True):
         torch.testing.assert_close(after.pred_score, before.pred_score)
@@ -121,8 +105,7 @@ def test_checkpoint_reloads_with_weights_only_and_predicts_the_same_scores(train
 def raw_export(trained):
     """The trained model exported to OpenVINO with the post-processor switched off (raw maps), dynamic size."""
     name, tmp, model, engine = trained
-    plain = copy.deepcopy(model)
-    plain.post_processor = PostProcessor(enable_normalization=False, enable_thresholding=False)
+    plain = without_post_processing(model)
     path = engine.export(model=plain, export_type=ExportType.OPENVINO, export_root=tmp / "openvino")
     return name, tmp, plain, path
 
@@ -149,7 +132,7 @@ def _inferencer(path: Path, tmp: Path, precision: str | None) -> OpenVINOInferen
 
 def test_openvino_f32_matches_torch_on_the_raw_map(raw_export, data_root: Path) -> None:
     _, tmp, model, path = raw_export
-    dm = datamodule(data_root)
+    dm = toy_datamodule(data_root)
     dm.setup()
     image = dm.test_data[len(dm.test_data) - 1].image  # a defective image, (3, H, W) in [0, 1]
     expected_map, expected_score = raw(model, image[None])
@@ -160,7 +143,7 @@ def test_openvino_f32_matches_torch_on_the_raw_map(raw_export, data_root: Path) 
 
 def test_openvino_takes_an_image_larger_than_the_model_input(raw_export, data_root: Path) -> None:
     name, tmp, model, path = raw_export
-    dm = datamodule(data_root)
+    dm = toy_datamodule(data_root)
     dm.setup()
     large = torch.nn.functional.interpolate(dm.test_data[len(dm.test_data) - 1].image[None], size=(3 * SIZE, 3 * SIZE))
     expected_map, expected_score = raw(model, large)
@@ -176,7 +159,7 @@ def test_openvino_takes_an_image_larger_than_the_model_input(raw_export, data_ro
 def test_openvino_at_the_default_precision_stays_close_to_torch(raw_export, data_root: Path) -> None:
     name, tmp, model, path = raw_export
     rtol = DEFAULT_PRECISION_RTOL_BY_MODEL.get(name, DEFAULT_PRECISION_RTOL)
-    dm = datamodule(data_root)
+    dm = toy_datamodule(data_root)
     dm.setup()
     image = dm.test_data[len(dm.test_data) - 1].image
     expected_map, expected_score = raw(model, image[None])

@@ -14,7 +14,6 @@ Bad input: INT8 without calibration data gets an error naming what is missing.
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -24,13 +23,12 @@ import torch
 from anomalib.data import InferenceBatch, MVTecAD
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
-from anomalib.post_processing import PostProcessor
 
 from anomalib_ext.export import check_calibration, export_openvino
 from anomalib_ext.registry import registered_models
 from tests.helpers.datasets import make_fake_mvtec
 from tests.helpers.sweep import sweep
-from tests.helpers.tiny import SIZE, TINY, build
+from tests.helpers.tiny import SIZE, build, fit_tiny, toy_datamodule, without_post_processing
 
 # Training and three exports take ~20 min on a loaded 2-core machine (2 min idle): beyond the default 900 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -50,10 +48,6 @@ INT8_SCORE_RTOL_OF_RANGE = 0.25
 INT8_SCORE_ATOL = 0.15
 
 
-def datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_fake_mvtec(
@@ -63,7 +57,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_images(data_root: Path) -> list[torch.Tensor]:
-    dm = datamodule(data_root)
+    dm = toy_datamodule(data_root)
     dm.setup()
     return [dm.test_data[index].image for index in range(len(dm.test_data))]
 
@@ -73,18 +67,8 @@ def exports(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: p
     """The trained model's IRs in f32, FP16 and INT8_PTQ, post-processor off (raw maps and scores)."""
     name = request.param
     tmp = tmp_path_factory.mktemp(f"int8_{name}")
-    torch.manual_seed(0)
-    model = build(name)
-    engine = Engine(
-        max_epochs=TINY[name]["max_epochs"],
-        default_root_dir=tmp / "results",
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-    )
-    engine.fit(model=model, datamodule=datamodule(data_root))
-    plain = copy.deepcopy(model)
-    plain.post_processor = PostProcessor(enable_normalization=False, enable_thresholding=False)
+    model, engine = fit_tiny(name, data_root, tmp / "results")
+    plain = without_post_processing(model)
     paths = {}
     for label, compression in (("f32", None), ("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ)):
         paths[label] = engine.export(
@@ -93,7 +77,7 @@ def exports(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: p
             export_root=tmp / label,
             input_size=(SIZE, SIZE),
             compression_type=compression,
-            datamodule=datamodule(data_root) if compression is CompressionType.INT8_PTQ else None,
+            datamodule=toy_datamodule(data_root) if compression is CompressionType.INT8_PTQ else None,
         )
     return {"name": name, "tmp": tmp, "paths": paths, "engine": engine, "model": model}
 
@@ -183,4 +167,4 @@ def test_a_datamodule_without_validation_images_is_named(data_root: Path) -> Non
         check_calibration(CompressionType.INT8_PTQ, empty)
     check_calibration(CompressionType.FP16, None)  # FP16 and weight-only INT8 need no data
     check_calibration(CompressionType.INT8, None)
-    check_calibration(CompressionType.INT8_PTQ, datamodule(data_root))
+    check_calibration(CompressionType.INT8_PTQ, toy_datamodule(data_root))

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,69 +18,15 @@ import yaml
 from anomalib.data import Folder
 from anomalib.engine import Engine
 
-from anomalib_ext.models import FMGRD, MLDFR, N2N, RBAE, SMCC
 from tests.helpers.datasets import make_fake_folder
 from tests.helpers.sweep import sweep
+from tests.helpers.tiny import TINY, build
 
 pytestmark = pytest.mark.slow
 
 SIZE = 64
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "data" / "folder.yaml"
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
-
-# The ONLY place this file names model constructor arguments: the smallest settings that still run
-# each model's whole training (random-weight backbones where the model allows it), and its epochs.
-TINY_MODELS: dict[str, dict[str, Any]] = {
-    "FMGRD": {
-        "epochs": 1,
-        "build": lambda: FMGRD(
-            backbone="efficientnet_lite0",
-            layers=["blocks.1", "blocks.2", "blocks.4"],
-            pre_trained=False,
-            pre_processor=FMGRD.configure_pre_processor((SIZE, SIZE)),
-        ),
-    },
-    "MLDFR": {
-        "epochs": 1,
-        "build": lambda: MLDFR(
-            cnn_backbone="efficientnet_lite0",
-            cnn_layers=[1, 2, 3],
-            vit_backbone=None,
-            pre_trained=False,
-            restorer={"num_blocks": 1},
-            pre_processor=MLDFR.configure_pre_processor((SIZE, SIZE)),
-        ),
-    },
-    "N2N": {
-        "epochs": 1,
-        "build": lambda: N2N(
-            base_channels=8, early_stopping_patience=0, pre_processor=N2N.configure_pre_processor((SIZE, SIZE))
-        ),
-    },
-    "RBAE": {
-        "epochs": 2,
-        "build": lambda: RBAE(
-            phase1={"epochs": 1},
-            phase2={"epochs": 1},
-            pre_processor=RBAE.configure_pre_processor((SIZE, SIZE)),
-            network={"encoder_channels": (8, 16, 32, 32, 32), "ffm_mid_channels": 16},
-            perceptual_backbone="efficientnet_lite0",
-            perceptual_layers=(0, 1, 2),
-            pre_trained=False,
-        ),
-    },
-    "SMCC": {
-        "epochs": 1,
-        "build": lambda: SMCC(
-            backbone="efficientnet_lite0",
-            layers=["blocks.1", "blocks.2"],
-            pre_trained=False,
-            image_size=(SIZE, SIZE),
-            n_components=2,
-            memory_bank_images=4,
-        ),
-    },
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,21 +51,14 @@ def folder(root: Path, masks: bool) -> Folder:
     return Folder(**init_args)
 
 
-def test_every_model_has_tiny_settings() -> None:
-    from anomalib_ext.registry import registered_models
-
-    assert set(TINY_MODELS) == set(registered_models())
-
-
 @pytest.mark.parametrize("masks", [True, False], ids=["masks", "labels_only"])
-@pytest.mark.parametrize("name", sweep(TINY_MODELS, default="FMGRD"))
+@pytest.mark.parametrize("name", sweep(sorted(TINY), default="FMGRD"))
 def test_model_trains_and_tests_on_own_images(name: str, masks: bool, parts: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    build: Callable[[], Any] = TINY_MODELS[name]["build"]
-    model = build()
+    model = build(name)
     datamodule = folder(parts, masks)
     engine = Engine(
-        max_epochs=TINY_MODELS[name]["epochs"],
+        max_epochs=TINY[name]["max_epochs"],
         default_root_dir=tmp_path,
         accelerator="cpu",
         devices=1,
