@@ -1,76 +1,74 @@
-"""N2N behaviour: trained briefly on normal images, defects score higher and the map peaks on them.
+"""N2N behaviour: trained on normal stripes only, it finds defects that stay inside the normal grey range.
 
-Fake MVTec data (tests/helpers/datasets.py): striped normal textures, defects are dark or bright
-blobs/scratches with exact masks. Training goes through anomalib's Engine (no validation, so no
-early stopping); scores are then read from the raw (un-normalised) torch model on the test split.
-A prototype run separated every defect from every normal image after ~80 steps (defect scores
-0.78-0.85 vs normal 0.62-0.69, argmax <= 2.2 px from the mask); fewer steps do not separate, so
-the test can fail.
+The data (``tests/helpers/behaviour.py``) has rotated, finer, blurred and warped stripes and both
+contrast polarities, all inside the normal intensity range: the zero-learning baseline (distance to the
+mean training image) fails it, and so does the same N2N before training. Training goes through anomalib's
+Engine with no validation (a fixed schedule, so no early stopping or best-epoch selection).
+
+Measured 2026-12-03 (64 px, 16 training images, base width 8, batch 8, 40 epochs = 80 optimiser steps,
+about 30 s of training), image AUROC / pixel AUROC / AUPRO through ``Engine.test``, seeds 0, 1, 2:
+1.000/0.980/0.939, 1.000/0.988/0.962, 1.000/0.983/0.949; after 20 epochs only 0.674/0.852/0.563 and
+0.542/0.833/0.526 (seeds 1, 2), hence 40. Untrained (raw outputs): pixel AUROC 0.706-0.708.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from PIL import Image
+from lightning.pytorch import seed_everything
 
 from anomalib_ext.models import N2N
-from tests.helpers.datasets import make_fake_mvtec
+from tests.helpers.behaviour import CATEGORY, make_behaviour_dataset, raw_auroc, zero_learning_auroc
 
 pytestmark = pytest.mark.slow
 
 SIZE = 64
-MAX_ARGMAX_DISTANCE_PX = 3.0
+EPOCHS = 40
+MIN_IMAGE_AUROC = 0.95
+MIN_PIXEL_AUROC = 0.95
+MIN_AUPRO = 0.85
+# training must add this much pixel AUROC over the same model before training (measured gain: 0.27-0.28)
+MIN_TRAINING_GAIN = 0.15
 
 
-def _load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_behaviour_dataset(tmp_path_factory.mktemp("n2n_behaviour"), n_train=16)
+    image_auroc, pixel_auroc = zero_learning_auroc(root)
+    assert image_auroc < MIN_IMAGE_AUROC  # the data needs learning
+    assert pixel_auroc < MIN_PIXEL_AUROC
+    return root
 
 
-def test_defects_score_higher_and_map_peaks_inside_mask(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    root = make_fake_mvtec(tmp_path / "data", image_size=SIZE, n_train=16, n_test_good=4, n_test_defect=6)
-    datamodule = MVTecAD(root=root, category="toy", train_batch_size=8, eval_batch_size=8, num_workers=0)
+def test_trained_n2n_finds_in_range_defects_that_it_did_not_before_training(data_root: Path, tmp_path: Path) -> None:
+    seed_everything(0)
+    datamodule = MVTecAD(root=data_root, category=CATEGORY, train_batch_size=8, eval_batch_size=24, num_workers=0)
     model = N2N(
         base_channels=8,
         pre_processor=N2N.configure_pre_processor((SIZE, SIZE)),
         lr=2e-3,
         early_stopping_patience=0,
-        restore_best_weights=False,  # a fixed schedule: nothing is selected on the (test) validation set
+        restore_best_weights=False,  # a fixed schedule: nothing is selected on a validation set
+        visualizer=False,
     )
+    _, untrained_pixel = raw_auroc(model, datamodule)
     engine = Engine(
-        max_epochs=40,  # 2 steps per epoch: 80 optimiser steps
-        default_root_dir=tmp_path / "results",
+        max_epochs=EPOCHS,
+        default_root_dir=tmp_path,
         accelerator="cpu",
         devices=1,
         limit_val_batches=0,
         logger=False,
         enable_progress_bar=False,
     )
-    engine.fit(model, datamodule=datamodule)
-
-    model.eval()
-    test_dir = root / "toy" / "test"
-    normal = sorted((test_dir / "good").glob("*.png"))
-    defective = sorted(p for d in test_dir.iterdir() if d.name != "good" for p in d.glob("*.png"))
-    assert normal
-    assert defective
-    with torch.no_grad():
-        images = torch.stack([_load(p) for p in normal + defective])
-        output = model.model(model.pre_processor.transform(images))
-    scores, maps = output.pred_score, output.anomaly_map[:, 0]
-    normal_scores, defect_scores = scores[: len(normal)], scores[len(normal) :]
-    assert defect_scores.mean() > normal_scores.max(), (normal_scores, defect_scores)
-
-    for index, path in enumerate(defective):
-        mask_path = root / "toy" / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
-        mask = np.array(Image.open(mask_path)) > 0
-        peak_y, peak_x = divmod(int(maps[len(normal) + index].argmax()), SIZE)
-        ys, xs = np.nonzero(mask)
-        distance = float(np.sqrt((ys - peak_y) ** 2 + (xs - peak_x) ** 2).min())
-        assert distance <= MAX_ARGMAX_DISTANCE_PX, (path.name, (peak_y, peak_x), distance)
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    _, trained_pixel = raw_auroc(model, datamodule)
+    print(f"N2N behaviour: {metrics}, raw pixel AUROC untrained {untrained_pixel:.3f} trained {trained_pixel:.3f}")
+    assert metrics["image_AUROC"] >= MIN_IMAGE_AUROC
+    assert metrics["pixel_AUROC"] >= MIN_PIXEL_AUROC
+    assert metrics["pixel_AUPRO"] >= MIN_AUPRO
+    assert trained_pixel >= untrained_pixel + MIN_TRAINING_GAIN
