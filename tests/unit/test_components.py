@@ -38,6 +38,14 @@ def test_scorer_rejects_bad_values_by_name(kwargs: dict, named: str) -> None:
         AnomalyScorer(**kwargs)
 
 
+def test_scorer_keeps_the_map_orientation() -> None:
+    """An off-diagonal outlier stays where it is (row 2, column 11): a transposed map would move it."""
+    anomaly_map = torch.zeros(1, 1, 16, 16)
+    anomaly_map[0, 0, 2, 11] = 1.0
+    smoothed = AnomalyScorer(sigma=1.0)(anomaly_map).anomaly_map
+    assert divmod(int(smoothed.flatten().argmax()), 16) == (2, 11)
+
+
 def test_bad_score_mode_lists_the_accepted_values() -> None:
     with pytest.raises(ValueError, match="'maximum' is not a valid ScoreMode"):
         AnomalyScorer(score_mode="maximum")

@@ -126,3 +126,16 @@ def test_rank_generator_without_seed_follows_the_global_seed() -> None:
     first = torch.rand(3, generator=rank_generator(None, 0))
     torch.manual_seed(123)
     assert torch.equal(first, torch.rand(3, generator=rank_generator(None, 0)))
+
+
+@pytest.mark.parametrize("name", ["FMGRD", "MLDFR", "RBAE", "SMCC"])  # N2N has no pretrained network
+def test_pre_trained_models_carry_the_packaged_weights(name: str) -> None:
+    """Built with ``pre_trained=True``, the model holds the packaged ImageNet Lite0 stem, not a random one."""
+    from anomalib_ext import backbones
+    from tests.helpers.tiny import build
+
+    stem = backbones.packaged_state_dict("efficientnet_lite0")["conv_stem.weight"]
+    model = build(name, pre_trained=True)
+    stems = [tensor for tensor in model.state_dict().values() if tensor.shape == stem.shape]
+    assert stems, f"{name} has no EfficientNet-Lite0 stem"
+    assert all(torch.equal(tensor, stem) for tensor in stems)

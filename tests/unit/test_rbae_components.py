@@ -192,6 +192,19 @@ def test_eq11_constant_maps_give_the_constant() -> None:
     assert sum(model.am_weights) == pytest.approx(1.0)
 
 
+def test_eq11_weights_each_level_with_its_own_lambda() -> None:
+    """Distinct P(anomalous) per level (0.1, 0.3, 0.9) and the paper's lambdas (0.2, 0.2, 0.6): 0.62, not 0.30."""
+    model = RbaeModel(input_size=(64, 64), network=NetworkConfig(encoder_channels=SMALL))
+    probabilities = (0.1, 0.3, 0.9)
+    logits = [
+        torch.tensor([0.0, math.log(p / (1 - p))]).view(1, 2, 1, 1).expand(1, 2, s, s)
+        for p, s in zip(probabilities, (64, 32, 16), strict=True)
+    ]
+    am = model.anomaly_map(logits, (64, 64))
+    assert model.am_weights == (0.2, 0.2, 0.6)
+    assert torch.allclose(am, torch.full_like(am, 0.2 * 0.1 + 0.2 * 0.3 + 0.6 * 0.9), atol=1e-6)
+
+
 def test_input_size_not_divisible_by_64_is_rejected() -> None:
     with pytest.raises(ValueError, match="divisible by 64"):
         RbaeModel(input_size=(250, 250))

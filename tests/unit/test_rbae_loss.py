@@ -100,3 +100,47 @@ def test_focal_penalises_anomalous_prediction_on_normal_pixels() -> None:
 def test_segmentation_loss_averages_levels() -> None:
     logits = [torch.zeros(1, 2, s, s) for s in (8, 4, 2)]
     assert SegmentationLoss()(logits, torch.zeros(1, 1, 8, 8)).item() == pytest.approx(0.25 * math.log(2), rel=1e-6)
+
+
+def test_phase_totals_are_the_weighted_sums_of_their_terms() -> None:
+    """Eq. 14 and Eq. 17 with a distinct weight and a distinct value per term (catches swapped weights)."""
+    from anomalib_ext.models.rbae.config import Phase1Config, Phase2Config
+    from anomalib_ext.models.rbae.loss import RbaeLoss
+
+    loss = RbaeLoss(
+        nn.Identity(),
+        phase1=Phase1Config(w_rec=2.0, w_per=3.0, w_pixel_dis=5.0),
+        phase2=Phase2Config(w_rec=7.0, w_per=11.0, w_fea_rep=13.0, w_seg=17.0),
+    )
+    loss.perceptual, loss.pixel_dis, loss.fea_rep, loss.seg = (
+        _Constant(0.5),
+        _Constant(0.25),
+        _Constant(0.125),
+        _Constant(0.0625),
+    )
+    clean = torch.zeros(1, 3, 4, 4)
+    outputs = {  # reconstruction off by 2 everywhere: MSE 4
+        "reconstruction": torch.full((1, 3, 4, 4), 2.0),
+        "clean_features": [torch.zeros(1)] * 8,
+        "defective_features": [torch.zeros(1)] * 8,
+        "repaired_features": [],
+        "logits": [],
+    }
+    total1, terms1 = loss.phase1(clean, torch.zeros(1, 1, 4, 4), outputs)
+    assert float(total1) == pytest.approx(2 * 4 + 3 * 0.5 + 5 * 0.25)
+    assert list(terms1) == ["rec", "per", "pixel_dis"]
+    total2, terms2 = loss.phase2(clean, torch.zeros(1, 1, 4, 4), outputs)
+    assert float(total2) == pytest.approx(7 * 4 + 11 * 0.5 + 13 * 0.125 + 17 * 0.0625)
+    assert list(terms2) == ["rec", "per", "fea_rep", "seg"]
+
+
+class _Constant(nn.Module):
+    """A loss term that returns ``value`` whatever its inputs."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args: object) -> torch.Tensor:
+        del args
+        return torch.tensor(self.value)

@@ -243,3 +243,21 @@ def test_every_trainable_parameter_gets_a_gradient() -> None:
     loss.backward()
     assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert len(model.feature_extractor.feature_extractor.blocks) == 3
+
+
+def test_bank_refresh_under_ddp_embeds_every_ranks_images_in_rank_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ranks: the bank is rebuilt from the gathered union (rank 0's images, then rank 1's), T18."""
+    from tests.helpers.tiny import build
+
+    model = build("SMCC", memory_bank_images=4)
+    monkeypatch.setattr(SMCC, "_world_size", property(lambda self: 2))
+    local = torch.rand(2, 3, 64, 64)
+    other_rank = torch.rand(2, 3, 64, 64)
+    monkeypatch.setattr(model, "all_gather", lambda tensor: torch.stack([tensor, other_rank]))
+    refreshed: list[torch.Tensor] = []
+    monkeypatch.setattr(model.model, "refresh_memory", refreshed.append)
+    model.model.bank_images = local
+    model.model.bank_stale = True
+    model._refresh_bank()
+    assert len(refreshed) == 1
+    assert torch.equal(refreshed[0], torch.cat([local, other_rank]))
