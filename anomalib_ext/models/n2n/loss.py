@@ -51,6 +51,12 @@ class MSSSIML1Map(nn.Module):
     ``E = alpha (1 - MS) + (1 - alpha) (w_M * |a - b|) / L``. Separable 1-D convolutions only
     (Pad + Conv + elementwise ops: exportable). Runs in fp32 (or fp64) even under autocast.
 
+    Why not kornia's ``MS_SSIMLoss(reduction="none")``, which computes the same map (checked in
+    ``tests/unit/test_n2n_loss.py``): kornia filters with full 2-D 33 x 33 kernels. On a batch of
+    8 x 3 x 256 x 256 (2 threads, 2-core Xeon, 2026-12-03, the machine shared with another job, so the
+    ratio counts, not the seconds) kornia took 41.0 s forward + backward and 13.1 s forward; this
+    separable version 5.4 s and 2.6 s, about 7.6 and 5 times faster, in every training step and inference.
+
     Args:
         sigmas: A13: ascending Gaussian sigmas; the last is sigma_M (luminance + L1 filter).
         kernel_size: A14: odd window size shared by all sigmas (default 33 = 4 sigma_M + 1).
