@@ -119,10 +119,11 @@ class AnomalibExtModule:
         """INT8 post-training quantisation as anomalib's, with the output-producing operations left in float.
 
         anomalib's ``ExportMixin._post_training_quantization_ov`` (which ``Engine.export`` and
-        ``anomalib export --compression_type INT8_PTQ`` call) quantises every operation NNCF can. The last
-        operation before each output is here left out (:func:`float_outputs`): for FMGRD it is the Gaussian
-        smoothing of the anomaly map, and quantising it collapsed the image score to ~1e-6 (f32: 1.46) on
-        the tiny model of ``tests/integration/test_int8.py``; left in float the score is 1.458. The rest is
+        ``anomalib export --compression_type INT8_PTQ`` call) quantises every operation NNCF can. The
+        operations after the last quantisable one on the way to each output, and that one, are here left
+        out (:func:`float_outputs`): for FMGRD that is the Gaussian smoothing of the anomaly map, and
+        quantising it collapsed the image score to ~1e-6 (f32: 1.46) on the tiny model of
+        ``tests/integration/test_int8.py``; left in float the score is 1.458. The rest is
         anomalib's code path: same calibration loader (the datamodule's validation images), same errors.
         """
         import nncf
@@ -144,9 +145,30 @@ class AnomalibExtModule:
         return nncf.quantize(model, calibration, ignored_scope=float_outputs(model))
 
 
+#: OpenVINO operations that NNCF quantises (their inputs get FakeQuantize nodes).
+QUANTISED_TYPES = frozenset({"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"})
+
+
 def float_outputs(model: ov.Model) -> nncf.IgnoredScope:
-    """An ``nncf.IgnoredScope`` naming the operation that produces each of ``model``'s outputs."""
+    """An ``nncf.IgnoredScope`` naming every operation between the last quantisable one and each output.
+
+    Walks up from each output through the operations that follow the network proper (a post-processor's
+    normalisation, the image score, upsampling) and stops at, and includes, the first quantisable
+    operation on each path: the anomaly map's Gaussian smoothing in the models here. Exported with its
+    post-processor, the output-producing operation is the normalisation, so naming only that one left
+    the smoothing quantised and FMGRD's score collapsed again.
+    """
     import nncf
 
-    names = sorted({result.input_value(0).get_node().get_friendly_name() for result in model.get_results()})
-    return nncf.IgnoredScope(names=names, validate=False)
+    names: set[str] = set()
+    stack = [result.input_value(0).get_node() for result in model.get_results()]
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        if name in names or node.get_type_name() in {"Constant", "Parameter"}:
+            continue
+        names.add(name)
+        if node.get_type_name() in QUANTISED_TYPES:
+            continue
+        stack.extend(node.input_value(index).get_node() for index in range(node.get_input_size()))
+    return nncf.IgnoredScope(names=sorted(names), validate=False)
