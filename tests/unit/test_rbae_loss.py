@@ -59,13 +59,6 @@ def test_perceptual_loss_mean_of_l1_per_tap() -> None:
     assert PerceptualLoss(_Identity())(target, target.clone()).item() == 0.0
 
 
-def test_reconstruction_mse_and_weight() -> None:
-    target = torch.rand(1, 3, 4, 4)
-    mse = torch.nn.functional.mse_loss(target - 0.1, target)
-    assert mse.item() == pytest.approx(0.01, rel=1e-5)
-    assert (100 * mse).item() == pytest.approx(1.0, rel=1e-5)
-
-
 @pytest.mark.parametrize(("denominator", "expected"), [(2.0, 1.5), (3.0, 1.0)])
 def test_feature_repair_loss_literal_prefactor(denominator: float, expected: float) -> None:
     """A23: F_out - F_o == 1 on three levels -> 3 / denominator."""
