@@ -182,3 +182,47 @@ def _unit(values: torch.Tensor) -> torch.Tensor:
     """``values`` scaled into [0, 1], order kept: torchmetrics reads values outside it as logits (sigmoid ties)."""
     values = values.double()
     return (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12)
+
+
+def behaviour_data(root: Path, min_image_auroc: float, min_pixel_auroc: float, **kwargs: int) -> Path:
+    """:func:`make_behaviour_dataset` under ``root``, after checking that the zero-learning baseline fails it.
+
+    The baseline must stay below the floors the calling test asks of a trained model, so passing them
+    takes learning.
+    """
+    root = make_behaviour_dataset(root, **kwargs)
+    image_auroc, pixel_auroc = zero_learning_auroc(root)
+    assert image_auroc < min_image_auroc, f"the baseline reaches image AUROC {image_auroc:.3f}"
+    assert pixel_auroc < min_pixel_auroc, f"the baseline reaches pixel AUROC {pixel_auroc:.3f}"
+    return root
+
+
+def fit_and_test(model: torch.nn.Module, datamodule: object, epochs: int, results: Path) -> dict[str, float]:
+    """Train ``model`` for ``epochs`` through anomalib's ``Engine`` (no validation) and test it.
+
+    Returns the ``Engine.test`` metrics plus ``untrained_pixel_AUROC`` and ``trained_pixel_AUROC``
+    (:func:`raw_auroc` before and after training).
+    """
+    from anomalib.engine import Engine
+
+    _, untrained = raw_auroc(model, datamodule)
+    engine = Engine(
+        max_epochs=epochs,
+        default_root_dir=results,
+        accelerator="cpu",
+        devices=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    _, trained = raw_auroc(model, datamodule)
+    return {**metrics, "untrained_pixel_AUROC": untrained, "trained_pixel_AUROC": trained}
+
+
+def behaviour_datamodule(root: Path, train_batch_size: int) -> object:
+    """anomalib's ``MVTecAD`` on the behaviour data (all 24 evaluation images in one batch)."""
+    from anomalib.data import MVTecAD
+
+    return MVTecAD(root=root, category=CATEGORY, train_batch_size=train_batch_size, eval_batch_size=24, num_workers=0)

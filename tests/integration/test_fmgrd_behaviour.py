@@ -14,12 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from anomalib.data import MVTecAD
-from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_ext.models import FMGRD
-from tests.helpers.behaviour import CATEGORY, make_behaviour_dataset, raw_auroc, zero_learning_auroc
+from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, fit_and_test
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +32,12 @@ MIN_TRAINING_GAIN = 0.2
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_behaviour_dataset(tmp_path_factory.mktemp("fmgrd_behaviour"), n_train=16)
-    image_auroc, pixel_auroc = zero_learning_auroc(root)
-    assert image_auroc < MIN_IMAGE_AUROC  # the data needs learning
-    assert pixel_auroc < MIN_PIXEL_AUROC
-    return root
+    return behaviour_data(tmp_path_factory.mktemp("fmgrd_behaviour"), MIN_IMAGE_AUROC, MIN_PIXEL_AUROC, n_train=16)
 
 
 def test_trained_fmgrd_finds_in_range_defects_that_it_did_not_before_training(data_root: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    datamodule = MVTecAD(root=data_root, category=CATEGORY, train_batch_size=4, eval_batch_size=24, num_workers=0)
+    datamodule = behaviour_datamodule(data_root, train_batch_size=4)
     model = FMGRD(
         backbone="efficientnet_lite0",
         layers=["blocks.1", "blocks.2", "blocks.4"],
@@ -52,19 +46,8 @@ def test_trained_fmgrd_finds_in_range_defects_that_it_did_not_before_training(da
         pre_processor=FMGRD.configure_pre_processor((SIZE, SIZE)),
         visualizer=False,
     )
-    _, untrained_pixel = raw_auroc(model, datamodule)
-    engine = Engine(
-        max_epochs=EPOCHS,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-    )
-    engine.fit(model=model, datamodule=datamodule)
-    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-    _, trained_pixel = raw_auroc(model, datamodule)
+    metrics = fit_and_test(model, datamodule, EPOCHS, tmp_path)
+    untrained_pixel, trained_pixel = metrics["untrained_pixel_AUROC"], metrics["trained_pixel_AUROC"]
     print(f"FMGRD behaviour: {metrics}, raw pixel AUROC untrained {untrained_pixel:.3f} trained {trained_pixel:.3f}")
     assert metrics["image_AUROC"] >= MIN_IMAGE_AUROC
     assert metrics["pixel_AUROC"] >= MIN_PIXEL_AUROC

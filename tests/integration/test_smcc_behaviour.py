@@ -21,13 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_ext.models import SMCC
 from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig, TrainingConfig
-from tests.helpers.behaviour import CATEGORY, make_behaviour_dataset, zero_learning_auroc
+from tests.helpers.behaviour import behaviour_data, behaviour_datamodule
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +42,12 @@ MIN_AUPRO_GAIN = 0.03
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_behaviour_dataset(tmp_path_factory.mktemp("smcc_behaviour"), n_train=16)
-    image_auroc, pixel_auroc = zero_learning_auroc(root)
-    assert image_auroc < MIN_IMAGE_AUROC  # the data needs learning
-    assert pixel_auroc < MIN_PIXEL_AUROC
-    return root
+    return behaviour_data(tmp_path_factory.mktemp("smcc_behaviour"), MIN_IMAGE_AUROC, MIN_PIXEL_AUROC, n_train=16)
 
 
 def train_and_test(root: Path, tmp_path: Path, lr: float) -> tuple[dict[str, float], SMCC]:
     seed_everything(0)
-    datamodule = MVTecAD(root=root, category=CATEGORY, train_batch_size=8, eval_batch_size=24, num_workers=0)
+    datamodule = behaviour_datamodule(root, train_batch_size=8)
     model = SMCC(
         backbone="efficientnet_lite0",
         layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
