@@ -197,15 +197,10 @@ def behaviour_data(root: Path, min_image_auroc: float, min_pixel_auroc: float, *
     return root
 
 
-def fit_and_test(model: torch.nn.Module, datamodule: object, epochs: int, results: Path) -> dict[str, float]:
-    """Train ``model`` for ``epochs`` through anomalib's ``Engine`` (no validation) and test it.
-
-    Returns the ``Engine.test`` metrics plus ``untrained_pixel_AUROC`` and ``trained_pixel_AUROC``
-    (:func:`raw_auroc` before and after training).
-    """
+def train_and_test(model: torch.nn.Module, datamodule: object, epochs: int, results: Path) -> dict[str, float]:
+    """Train ``model`` for ``epochs`` through anomalib's ``Engine`` (no validation); its ``Engine.test`` metrics."""
     from anomalib.engine import Engine
 
-    _, untrained = raw_auroc(model, datamodule)
     engine = Engine(
         max_epochs=epochs,
         default_root_dir=results,
@@ -216,7 +211,13 @@ def fit_and_test(model: torch.nn.Module, datamodule: object, epochs: int, result
         enable_progress_bar=False,
     )
     engine.fit(model=model, datamodule=datamodule)
-    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    return engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+
+
+def fit_and_test(model: torch.nn.Module, datamodule: object, epochs: int, results: Path) -> dict[str, float]:
+    """:func:`train_and_test`, plus ``untrained_pixel_AUROC`` and ``trained_pixel_AUROC`` (:func:`raw_auroc`)."""
+    _, untrained = raw_auroc(model, datamodule)
+    metrics = train_and_test(model, datamodule, epochs, results)
     _, trained = raw_auroc(model, datamodule)
     return {**metrics, "untrained_pixel_AUROC": untrained, "trained_pixel_AUROC": trained}
 

@@ -89,19 +89,19 @@ def exports(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: p
     tmp = tmp_path_factory.mktemp(f"int8_{name}")
     model, engine = fit_tiny(name, data_root, tmp / "results")
     plain = without_post_processing(model)
+    # raw maps and scores (post-processor off), plus f32 and INT8 with the trained post-processor in the
+    # graph, as a user exports
+    exported = (
+        ("f32", plain, None),
+        ("fp16", plain, CompressionType.FP16),
+        ("int8", plain, CompressionType.INT8_PTQ),
+        ("f32_user", model, None),
+        ("int8_user", model, CompressionType.INT8_PTQ),
+    )
     paths = {}
-    for label, compression in (("f32", None), ("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ)):
+    for label, module, compression in exported:
         paths[label] = engine.export(
-            model=plain,
-            export_type=ExportType.OPENVINO,
-            export_root=tmp / label,
-            input_size=(SIZE, SIZE),
-            compression_type=compression,
-            datamodule=toy_datamodule(data_root) if compression is CompressionType.INT8_PTQ else None,
-        )
-    for label, compression in (("f32_user", None), ("int8_user", CompressionType.INT8_PTQ)):
-        paths[label] = engine.export(  # with the trained post-processor in the graph, as a user exports
-            model=model,
+            model=module,
             export_type=ExportType.OPENVINO,
             export_root=tmp / label,
             input_size=(SIZE, SIZE),

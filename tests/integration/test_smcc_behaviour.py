@@ -21,12 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_ext.models import SMCC
 from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig, TrainingConfig
-from tests.helpers.behaviour import behaviour_data, behaviour_datamodule
+from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, train_and_test
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +44,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return behaviour_data(tmp_path_factory.mktemp("smcc_behaviour"), MIN_IMAGE_AUROC, MIN_PIXEL_AUROC, n_train=16)
 
 
-def train_and_test(root: Path, tmp_path: Path, lr: float) -> tuple[dict[str, float], SMCC]:
+def train_smcc(root: Path, tmp_path: Path, lr: float) -> tuple[dict[str, float], SMCC]:
     seed_everything(0)
     datamodule = behaviour_datamodule(root, train_batch_size=8)
     model = SMCC(
@@ -61,22 +60,12 @@ def train_and_test(root: Path, tmp_path: Path, lr: float) -> tuple[dict[str, flo
         scoring=ScoringConfig(sigma=2.0),
         visualizer=False,
     )
-    engine = Engine(
-        max_epochs=EPOCHS,
-        default_root_dir=tmp_path / f"lr_{lr}",
-        accelerator="cpu",
-        devices=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-    )
-    engine.fit(model=model, datamodule=datamodule)
-    return engine.test(model=model, datamodule=datamodule, verbose=False)[0], model
+    return train_and_test(model, datamodule, EPOCHS, tmp_path / f"lr_{lr}"), model
 
 
 def test_the_self_update_finds_in_range_defects_better_than_the_unadapted_bank(data_root: Path, tmp_path: Path) -> None:
-    adapted, model = train_and_test(data_root, tmp_path, lr=1e-3)
-    unadapted, _ = train_and_test(data_root, tmp_path, lr=0.0)
+    adapted, model = train_smcc(data_root, tmp_path, lr=1e-3)
+    unadapted, _ = train_smcc(data_root, tmp_path, lr=0.0)
     print(f"SMCC behaviour: self-updated {adapted}, un-adapted bank {unadapted}")
     assert model.model.memory_bank.std(dim=0).mean() > 0  # no complete collapse (T15)
     assert adapted["image_AUROC"] >= MIN_IMAGE_AUROC

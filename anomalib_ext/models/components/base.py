@@ -17,9 +17,9 @@ direct base, which :func:`anomalib.models.get_model` needs. It provides:
   ``self.model``); they are frozen (``requires_grad_(False)``) when training starts and put back in eval
   mode at every training epoch and batch, because Lightning restores each module's mode after
   validation without calling ``train()``;
-- INT8_PTQ export that keeps the operations producing the graph's outputs (the anomaly map's final
-  smoothing, the image score) in float: quantised, FMGRD's image score collapsed to ~1e-6 (f32 ~1.46)
-  while its map stayed close; with them in float the INT8 score is 1.458 (see
+- INT8_PTQ export that keeps everything from the last quantisable operation (the anomaly map's
+  Gaussian smoothing) to the graph's outputs in float: quantised, FMGRD's image score collapsed to
+  ~1e-6 (f32 ~1.46) while its map stayed close; in float the INT8 score is 1.458 (see
   :meth:`AnomalibExtModule._post_training_quantization_ov`).
 
 Example:
@@ -116,7 +116,7 @@ class AnomalibExtModule:
 
     @staticmethod
     def _post_training_quantization_ov(model: ov.Model, datamodule: AnomalibDataModule | None = None) -> ov.Model:
-        """INT8 post-training quantisation as anomalib's, with the output-producing operations left in float.
+        """INT8 post-training quantisation as anomalib's, with the operations that feed the outputs left in float.
 
         anomalib's ``ExportMixin._post_training_quantization_ov`` (which ``Engine.export`` and
         ``anomalib export --compression_type INT8_PTQ`` call) quantises every operation NNCF can. The
