@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from anomalib.engine import Engine
 
 from anomalib_ext.models import RBAE
 from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
-from tests.helpers.behaviour import behaviour_data, behaviour_datamodule
+from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, train_and_test
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +46,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return behaviour_data(tmp_path_factory.mktemp("rbae_behaviour"), MIN_IMAGE_AUROC, MIN_PIXEL_AUROC, n_train=16)
 
 
-def train_and_test(root: Path, tmp_path: Path, phase2_epochs: int) -> dict[str, float]:
+def trained_rbae(root: Path, tmp_path: Path, phase2_epochs: int) -> dict[str, float]:
     torch.manual_seed(0)
     datamodule = behaviour_datamodule(root, train_batch_size=4)
     model = RBAE(
@@ -60,24 +59,14 @@ def train_and_test(root: Path, tmp_path: Path, phase2_epochs: int) -> dict[str, 
         perceptual_layers=(0, 1),
         visualizer=False,
     )
-    engine = Engine(
-        max_epochs=PHASE1_EPOCHS + phase2_epochs,
-        default_root_dir=tmp_path / f"results_{phase2_epochs}",
-        accelerator="cpu",
-        devices=1,
-        check_val_every_n_epoch=100,
-        num_sanity_val_steps=0,
-        logger=False,
-    )
-    engine.fit(model=model, datamodule=datamodule)
-    return engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    return train_and_test(model, datamodule, PHASE1_EPOCHS + phase2_epochs, tmp_path / f"results_{phase2_epochs}")
 
 
 def test_trained_rbae_finds_in_range_defects_and_phase2_is_what_finds_them(data_root: Path, tmp_path: Path) -> None:
-    trained = train_and_test(data_root, tmp_path, PHASE2_EPOCHS)
+    trained = trained_rbae(data_root, tmp_path, PHASE2_EPOCHS)
     print(f"RBAE behaviour: image AUROC {trained['image_AUROC']:.3f}, pixel AUROC {trained['pixel_AUROC']:.3f}")
     assert trained["image_AUROC"] >= MIN_IMAGE_AUROC
     assert trained["pixel_AUROC"] >= MIN_PIXEL_AUROC
-    early = train_and_test(data_root, tmp_path, 1)
+    early = trained_rbae(data_root, tmp_path, 1)
     print(f"RBAE after one phase-2 epoch: pixel AUROC {early['pixel_AUROC']:.3f}")
     assert trained["pixel_AUROC"] >= early["pixel_AUROC"] + MIN_PHASE2_GAIN
