@@ -1,14 +1,22 @@
-"""Shared model components: scoring, the mixin of shared concerns."""
+"""Shared model components: scoring, the mixin of shared concerns, parameter groups."""
+
+import inspect
+from dataclasses import asdict, dataclass, is_dataclass
 
 import pytest
 import torch
 from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import seed_everything
 from torch import nn
+from torchvision.transforms.v2 import Resize
 
+from anomalib_ext.models.components import as_config
 from anomalib_ext.models.components.base import AnomalibExtModule
 from anomalib_ext.models.components.scoring import AnomalyScorer, ScoreMode, image_score
 from anomalib_ext.post_processing import OrderPreservingPostProcessor
+from anomalib_ext.registry import registered_models
+from tests.helpers.tiny import TINY, build
 
 
 def test_image_score_modes_by_value() -> None:
@@ -108,3 +116,47 @@ def test_generator_follows_seed_everything_and_differs_per_rank(monkeypatch: pyt
         assert model.generator is None
     assert torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0], draws[2])
+
+
+def test_fixed_input_size_comes_from_the_pre_processor_and_names_the_model_without_one() -> None:
+    model = Tiny()
+    model.pre_processor = PreProcessor(transform=Resize((48, 32)))
+    assert model.fixed_input_size("why") == (48, 32)
+    model.pre_processor = PreProcessor(transform=None)
+    with pytest.raises(ValueError, match=r"Tiny needs a fixed input size \(its buffers\): pass a pre-processor"):
+        model.fixed_input_size("its buffers")
+
+
+@dataclass(frozen=True)
+class Group:
+    size: tuple[int, int] = (1, 1)
+    name: str = "a"
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Group = Group()
+
+
+def test_as_config_converts_mappings_lists_and_none_and_names_what_it_rejects() -> None:
+    assert as_config(Group, {"size": [2, 3]}) == Group(size=(2, 3))
+    assert as_config(Outer, {"inner": {"size": [4, 5]}}) == Outer(inner=Group(size=(4, 5)))
+    assert as_config(Group, None) == Group()
+    group = Group(name="b")
+    assert as_config(Group, group) is group
+    with pytest.raises(TypeError, match=r"Group has no field colour: accepted fields are \['size', 'name'\]"):
+        as_config(Group, {"colour": 1})
+    with pytest.raises(TypeError, match="Expected a Group or a mapping of its fields, got 3"):
+        as_config(Group, 3)
+
+
+@pytest.mark.parametrize("name", sorted(registered_models()))
+def test_every_model_takes_its_parameter_groups_as_plain_mappings(name: str) -> None:
+    """``get_model`` with a dict of ``init_args`` or a JSON file gives mappings; the model keeps the groups."""
+    parameters = inspect.signature(registered_models()[name].__init__).parameters.values()
+    groups = {item.name: item.default for item in parameters if is_dataclass(item.default)}
+    assert groups, f"{name} has no parameter groups"
+    mappings = {key: asdict(value) for key, value in groups.items() if key not in TINY[name]["init_args"]}
+    model = build(name, **mappings)
+    for key, default in groups.items():
+        assert type(model.hparams[key]) is type(default), key

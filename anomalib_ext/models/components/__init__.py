@@ -1,7 +1,16 @@
-"""Building blocks shared by the package's models: the mixin of shared concerns, scoring, frozen-feature cache."""
+"""Building blocks shared by the package's models: shared concerns, parameter groups, scoring, feature cache."""
 
 from .base import AnomalibExtModule
+from .config import as_config
 from .feature_cache import FrozenFeatureCache
 from .scoring import AnomalyScorer, ScoreMode, ScoreModeName, image_score
 
-__all__ = ["AnomalibExtModule", "AnomalyScorer", "FrozenFeatureCache", "ScoreMode", "ScoreModeName", "image_score"]
+__all__ = [
+    "AnomalibExtModule",
+    "AnomalyScorer",
+    "FrozenFeatureCache",
+    "ScoreMode",
+    "ScoreModeName",
+    "as_config",
+    "image_score",
+]

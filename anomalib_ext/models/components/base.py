@@ -11,6 +11,8 @@ direct base, which :func:`anomalib.models.get_model` needs. It provides:
 - one random generator per process, ``self.generator``, seeded from the seed ``seed_everything`` set plus
   the global rank (so DDP ranks draw different corruptions and masks), created at fit start and
   dropped at fit end (a ``torch.Generator`` can be neither copied nor exported);
+- the fixed input size a model builds its buffers for, with one error when the pre-processor has none
+  (:meth:`AnomalibExtModule.fixed_input_size`);
 - what the trainer and anomalib need to know of every model here: one-class learning, no gradient clipping
   and no sanity validation (as anomalib's reverse distillation and DRAEM; a model may override);
 - frozen sub-networks kept in eval mode: a model lists them in ``frozen_modules`` (attribute paths in
@@ -82,6 +84,21 @@ class AnomalibExtModule:
     def configure_post_processor(self) -> PostProcessor:
         """Anomalib's post-processor with an order-preserving normalisation (no clamping ties in metrics)."""
         return OrderPreservingPostProcessor()
+
+    def fixed_input_size(self, reason: str) -> tuple[int, int]:
+        """The pre-processor's input size (height, width), which ``reason`` says the model needs.
+
+        Raises:
+            ValueError: The pre-processor does not resize to a fixed size (the message names the model).
+        """
+        size = self.input_size  # type: ignore[attr-defined]
+        if size is None:
+            msg = (
+                f"{type(self).__name__} needs a fixed input size ({reason}): pass a pre-processor that resizes "
+                "(or pre_processor=True for the model's default)."
+            )
+            raise ValueError(msg)
+        return tuple(size)
 
     def frozen(self) -> list[nn.Module]:
         """The sub-networks named in ``frozen_modules``."""

@@ -39,7 +39,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, ScoreModeName
+from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, ScoreModeName, as_config
 
 from .config import AttentionConfig, BottleneckConfig, FMMConfig, TrainingConfig
 from .loss import FmgrdLoss
@@ -89,18 +89,13 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        if self.input_size is None:
-            msg = "FMGRD needs a fixed input size: pass a pre-processor that resizes."
-            raise ValueError(msg)
+        bottleneck = as_config(BottleneckConfig, bottleneck)
+        fmm = as_config(FMMConfig, fmm)
+        training = as_config(TrainingConfig, training)
+        super().__init__(pre_processor, post_processor, evaluator, visualizer)
         self.model = FmgrdModel(
             backbone=backbone,
-            input_size=self.input_size,
+            input_size=self.fixed_input_size("the anomaly map is resized to it"),
             layers=layers,
             pre_trained=pre_trained,
             mask_ratio=mask_ratio,

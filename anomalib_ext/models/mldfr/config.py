@@ -13,8 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Literal, get_args, get_origin, get_type_hints
 
 DamageMode = Literal["blur", "mask", "white", "rgb", "cutpaste"]
 
@@ -194,24 +194,3 @@ class AnomalyMapConfig:
     topk_fraction: float = 0.01
 
     __post_init__ = _check_choices
-
-
-Config = TypeVar("Config")
-
-
-def as_config(config_class: type[Config], value: Config | dict[str, Any] | None) -> Config:
-    """``value`` as a ``config_class`` instance: a plain mapping (JSON, a hand-written dict) is accepted.
-
-    Raises:
-        TypeError: ``value`` names a field ``config_class`` does not have (the message lists the fields).
-    """
-    if value is None:
-        return config_class()
-    if is_dataclass(value) and not isinstance(value, type):
-        return value  # type: ignore[return-value]
-    names = [item.name for item in fields(config_class)]  # type: ignore[arg-type]
-    unknown = sorted(set(value) - set(names))
-    if unknown:
-        msg = f"{config_class.__name__} has no field {', '.join(unknown)}: accepted fields are {names}."
-        raise TypeError(msg)
-    return config_class(**value)

@@ -49,10 +49,10 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Resize
 
 from anomalib_ext.augment import RandomPatchDamage
-from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache
+from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, as_config
 from anomalib_ext.models.defaults import reject_normalize
 
-from .config import AnomalyMapConfig, DamageConfig, FeatureConfig, RestorerConfig, TrainingConfig, as_config
+from .config import AnomalyMapConfig, DamageConfig, FeatureConfig, RestorerConfig, TrainingConfig
 from .loss import MLDFRLoss
 from .torch_model import MLDFRModel
 
@@ -119,12 +119,7 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
             pre_processor = self._resize_pre_processor(
                 PAPER_IMAGE_SIZE, features.center_crop, features.resize_interpolation
             )
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(pre_processor, post_processor, evaluator, visualizer)
         self._model_kwargs: dict[str, Any] = {
             "cnn_backbone": cnn_backbone,
             "cnn_layers": list(cnn_layers),
@@ -167,11 +162,8 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
         }
 
     def _build_model(self) -> MLDFRModel:
-        input_size = self.input_size
-        if input_size is None:
-            msg = "MLDFR needs a fixed input size: give it a pre-processor with a Resize (or pre_processor=True)."
-            raise ValueError(msg)
-        return MLDFRModel(input_size=tuple(input_size), **self._model_kwargs)
+        input_size = self.fixed_input_size("its restorer's token grid is built for it")
+        return MLDFRModel(input_size=input_size, **self._model_kwargs)
 
     @staticmethod
     def _resize_pre_processor(

@@ -48,7 +48,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_ext.augment import rank_generator
-from anomalib_ext.models.components import AnomalibExtModule
+from anomalib_ext.models.components import AnomalibExtModule, as_config
 
 from .config import ErrorMapConfig, NetworkConfig, NoiseConfig, TrainingConfig
 from .loss import N2NLoss
@@ -113,12 +113,11 @@ class N2N(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        network = as_config(NetworkConfig, network)
+        noise = as_config(NoiseConfig, noise)
+        error_map = as_config(ErrorMapConfig, error_map)
+        training = as_config(TrainingConfig, training)
+        super().__init__(pre_processor, post_processor, evaluator, visualizer)
         self.base_channels = base_channels
         self.input_unshuffle = input_unshuffle
         self.noise_lambda = noise_lambda
@@ -134,13 +133,11 @@ class N2N(AnomalibExtModule, AnomalibModule):
 
     def _build(self) -> None:
         """The torch model and the loss at the pre-processor's input size and normalisation."""
-        if self.input_size is None:
-            msg = "N2N needs a fixed input size (its test-time noise is drawn once): pass a pre-processor that resizes."
-            raise ValueError(msg)
+        image_size = self.fixed_input_size("its test-time noise is drawn once")
         norm_mean, norm_std = self._normalisation()
-        self._built_for = (tuple(self.input_size), norm_mean, norm_std)
+        self._built_for = (image_size, norm_mean, norm_std)
         self.model = N2NModel(
-            image_size=tuple(self.input_size),
+            image_size=image_size,
             base_channels=self.base_channels,
             input_unshuffle=self.input_unshuffle,
             noise_lambda=self.noise_lambda,

@@ -14,13 +14,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from anomalib_ext.models.components import ScoreModeName
 
-__all__ = ["DefectConfig", "NetworkConfig", "Phase1Config", "Phase2Config", "as_config"]
+__all__ = ["DefectConfig", "NetworkConfig", "Phase1Config", "Phase2Config"]
 
 
 @dataclass(frozen=True)
@@ -161,16 +160,3 @@ class Phase2Config:
     reference_selection: Literal["index", "random"] = "index"
     reference_index: int = 0
     reference_seed: int = 0
-
-
-ConfigT = TypeVar("ConfigT")
-
-
-def as_config(cls: type[ConfigT], value: ConfigT | Mapping[str, Any]) -> ConfigT:
-    """``value`` as a ``cls`` instance: a mapping (plain YAML data, ``init_args`` in tests) is converted."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):  # YAML lists become the fields' tuples
-        return cls(**{key: tuple(item) if isinstance(item, list) else item for key, item in value.items()})
-    msg = f"Expected a {cls.__name__} or a mapping of its fields, got {value!r}."
-    raise TypeError(msg)

@@ -50,10 +50,10 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.augment import PerlinTextureAnomaly, rank_generator
-from anomalib_ext.models.components import AnomalibExtModule
+from anomalib_ext.models.components import AnomalibExtModule, as_config
 from anomalib_ext.models.defaults import reject_normalize
 from anomalib_ext.models.rbae.components import PerceptualNetwork
-from anomalib_ext.models.rbae.config import DefectConfig, NetworkConfig, Phase1Config, Phase2Config, as_config
+from anomalib_ext.models.rbae.config import DefectConfig, NetworkConfig, Phase1Config, Phase2Config
 from anomalib_ext.models.rbae.loss import RbaeLoss
 from anomalib_ext.models.rbae.torch_model import RbaeModel
 
@@ -137,15 +137,8 @@ class RBAE(AnomalibExtModule, AnomalibModule):
                 "textures (offline)."
             )
             raise ValueError(msg)
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        if self.input_size is None:
-            msg = "RB-AE needs a fixed input size for its reference buffers: pass a pre-processor that resizes."
-            raise ValueError(msg)
+        super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        input_size = self.fixed_input_size("its reference buffers are built for it")
         self.automatic_optimization = False
         self.phase1_fraction = phase1_fraction
         self.lr = lr
@@ -153,7 +146,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         self.defects = defects
         self.phase1_config = phase1
         self.phase2_config = phase2
-        self.model = RbaeModel(input_size=self.input_size, network=network, freeze_encoder_bn=phase2.freeze_encoder_bn)
+        self.model = RbaeModel(input_size=input_size, network=network, freeze_encoder_bn=phase2.freeze_encoder_bn)
         self.loss = RbaeLoss(
             PerceptualNetwork(perceptual_backbone, perceptual_layers, pre_trained),
             phase1=phase1,

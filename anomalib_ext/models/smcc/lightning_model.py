@@ -47,7 +47,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-from anomalib_ext.models.components import AnomalibExtModule
+from anomalib_ext.models.components import AnomalibExtModule, as_config
 from anomalib_ext.models.defaults import default_evaluator
 
 from .centres import build_centre_set
@@ -102,24 +102,14 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # before AnomalibModule saves the arguments, so the hyper-parameters hold the groups
+        features = as_config(FeatureConfig, features)
+        clustering = as_config(ClusteringConfig, clustering)
+        training = as_config(TrainingConfig, training)
+        scoring = as_config(ScoringConfig, scoring)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size)
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        # a plain mapping (JSON, a hand-written dict) becomes the group jsonargparse would have built
-        features, clustering, training, scoring = (
-            group if isinstance(group, kind) else kind(**group)
-            for group, kind in (
-                (features, FeatureConfig),
-                (clustering, ClusteringConfig),
-                (training, TrainingConfig),
-                (scoring, ScoringConfig),
-            )
-        )
+        super().__init__(pre_processor, post_processor, evaluator, visualizer)
         if n_components < 2 and training.lambda_o > 0:
             msg = f"n_components must be >= 2 when lambda_o > 0 (L_o needs a second-nearest centre), got {n_components}"
             raise ValueError(msg)
