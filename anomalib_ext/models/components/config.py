@@ -45,24 +45,18 @@ def as_config(config_class: type[ConfigT], value: ConfigT | Mapping[str, Any] | 
     if not isinstance(value, Mapping):
         msg = f"Expected a {config_class.__name__} or a mapping of its fields, got {value!r}."
         raise TypeError(msg)
-    names = [item.name for item in fields(config_class)]  # type: ignore[arg-type]
-    unknown = sorted(set(value) - set(names))
+    known = {item.name: item for item in fields(config_class)}  # type: ignore[arg-type]
+    unknown = sorted(set(value) - set(known))
     if unknown:
-        msg = f"{config_class.__name__} has no field {', '.join(unknown)}: accepted fields are {names}."
+        msg = f"{config_class.__name__} has no field {', '.join(unknown)}: accepted fields are {list(known)}."
         raise TypeError(msg)
-    nested = {item.name: _default(item) for item in fields(config_class)}  # type: ignore[arg-type]
-    return config_class(**{key: _field_value(nested[key], item) for key, item in value.items()})
+    return config_class(**{key: _field_value(known[key], item) for key, item in value.items()})
 
 
-def _default(item: Field) -> Any:
-    """A dataclass field's default value (``None`` when it has none)."""
-    if item.default is not MISSING:
-        return item.default
-    return item.default_factory() if item.default_factory is not MISSING else None
-
-
-def _field_value(default: Any, value: Any) -> Any:
+def _field_value(field: Field, value: Any) -> Any:
     """A field's value from plain data: a mapping for a nested group becomes the group, a list a tuple."""
-    if is_dataclass(default) and isinstance(value, Mapping):
-        return as_config(type(default), value)
+    if isinstance(value, Mapping):
+        default = field.default if field.default_factory is MISSING else field.default_factory()
+        if is_dataclass(default):
+            return as_config(type(default), value)
     return tuple(value) if isinstance(value, list) else value
