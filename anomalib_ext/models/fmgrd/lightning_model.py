@@ -81,9 +81,9 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         sigma: float = 4,
         score_mode: ScoreModeName = "max",
         anomaly_map_mode: Literal["add", "multiply"] = "add",
-        bottleneck: BottleneckConfig = BottleneckConfig(),  # noqa: B008  (frozen dataclass)
-        fmm: FMMConfig = FMMConfig(),  # noqa: B008
-        training: TrainingConfig = TrainingConfig(),  # noqa: B008
+        bottleneck: BottleneckConfig = BottleneckConfig(),
+        fmm: FMMConfig = FMMConfig(),
+        training: TrainingConfig = TrainingConfig(),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

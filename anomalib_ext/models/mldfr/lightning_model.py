@@ -100,11 +100,11 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
         pre_trained: bool = True,
         lr: float = 1e-3,
         sigma: float = 8.0,
-        features: FeatureConfig = FeatureConfig(),  # noqa: B008  (frozen dataclass)
-        restorer: RestorerConfig = RestorerConfig(),  # noqa: B008
-        damage: DamageConfig = DamageConfig(),  # noqa: B008
-        training: TrainingConfig = TrainingConfig(),  # noqa: B008
-        anomaly_map: AnomalyMapConfig = AnomalyMapConfig(),  # noqa: B008
+        features: FeatureConfig = FeatureConfig(),
+        restorer: RestorerConfig = RestorerConfig(),
+        damage: DamageConfig = DamageConfig(),
+        training: TrainingConfig = TrainingConfig(),
+        anomaly_map: AnomalyMapConfig = AnomalyMapConfig(),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

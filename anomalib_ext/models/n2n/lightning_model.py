@@ -104,10 +104,10 @@ class N2N(AnomalibExtModule, AnomalibModule):
         t_max: int = 100,
         early_stopping_patience: int = 20,
         restore_best_weights: bool = True,
-        network: NetworkConfig = NetworkConfig(),  # noqa: B008  (frozen dataclass)
-        noise: NoiseConfig = NoiseConfig(),  # noqa: B008
-        error_map: ErrorMapConfig = ErrorMapConfig(),  # noqa: B008
-        training: TrainingConfig = TrainingConfig(),  # noqa: B008
+        network: NetworkConfig = NetworkConfig(),
+        noise: NoiseConfig = NoiseConfig(),
+        error_map: ErrorMapConfig = ErrorMapConfig(),
+        training: TrainingConfig = TrainingConfig(),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

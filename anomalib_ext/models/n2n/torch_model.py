@@ -64,9 +64,9 @@ class N2NModel(nn.Module):
         base_channels: int = 64,
         input_unshuffle: int = 1,
         noise_lambda: float = 0.3,
-        network: NetworkConfig = NetworkConfig(),  # noqa: B008  (frozen dataclass)
-        noise: NoiseConfig = NoiseConfig(),  # noqa: B008
-        error_map: ErrorMapConfig = ErrorMapConfig(),  # noqa: B008
+        network: NetworkConfig = NetworkConfig(),
+        noise: NoiseConfig = NoiseConfig(),
+        error_map: ErrorMapConfig = ErrorMapConfig(),
         norm_mean: float = 0.5,
         norm_std: float = 0.5,
     ) -> None:

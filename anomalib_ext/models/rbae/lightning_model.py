@@ -104,10 +104,10 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         perceptual_backbone: str = "vgg16.tv_in1k",
         perceptual_layers: Sequence[int] = (1, 3, 6, 8, 11),
         pre_trained: bool = True,
-        network: NetworkConfig = NetworkConfig(),  # noqa: B008  (frozen dataclass)
-        defects: DefectConfig = DefectConfig(),  # noqa: B008
-        phase1: Phase1Config = Phase1Config(),  # noqa: B008
-        phase2: Phase2Config = Phase2Config(),  # noqa: B008
+        network: NetworkConfig = NetworkConfig(),
+        defects: DefectConfig = DefectConfig(),
+        phase1: Phase1Config = Phase1Config(),
+        phase2: Phase2Config = Phase2Config(),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

@@ -177,8 +177,8 @@ class RbaeLoss(nn.Module):
     def __init__(
         self,
         perceptual_network: nn.Module,
-        phase1: Phase1Config = Phase1Config(),  # noqa: B008  (frozen dataclass)
-        phase2: Phase2Config = Phase2Config(),  # noqa: B008
+        phase1: Phase1Config = Phase1Config(),
+        phase2: Phase2Config = Phase2Config(),
         mask_resize_mode: MaskResizeMode = "area",
     ) -> None:
         super().__init__()

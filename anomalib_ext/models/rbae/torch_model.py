@@ -59,7 +59,7 @@ class RbaeModel(DynamicBufferMixin, nn.Module):
     def __init__(
         self,
         input_size: Sequence[int] = (256, 256),
-        network: NetworkConfig = NetworkConfig(),  # noqa: B008  (frozen dataclass)
+        network: NetworkConfig = NetworkConfig(),
         freeze_encoder_bn: bool = True,
     ) -> None:
         super().__init__()

@@ -183,7 +183,7 @@ class WeightedDiagGMM(DynamicBufferMixin, nn.Module):
 def build_centre_set(
     pool: torch.Tensor,
     n_components: int,
-    config: ClusteringConfig = ClusteringConfig(),  # noqa: B008  (frozen dataclass)
+    config: ClusteringConfig = ClusteringConfig(),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Algorithm 2: pooled patches ``(N, C)`` -> centres (``(k, C)`` GMM means or ``(m', C)`` unique coreset points).

@@ -93,10 +93,10 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         n_components: int = 10,
         memory_bank_images: int = 16,
         lr: float = 1e-3,
-        features: FeatureConfig = FeatureConfig(),  # noqa: B008  (frozen dataclass)
-        clustering: ClusteringConfig = ClusteringConfig(),  # noqa: B008
-        training: TrainingConfig = TrainingConfig(),  # noqa: B008
-        scoring: ScoringConfig = ScoringConfig(),  # noqa: B008
+        features: FeatureConfig = FeatureConfig(),
+        clustering: ClusteringConfig = ClusteringConfig(),
+        training: TrainingConfig = TrainingConfig(),
+        scoring: ScoringConfig = ScoringConfig(),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

@@ -56,8 +56,8 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3", "layer4"),
         pre_trained: bool = True,
         weights_path: str | None = None,
-        features: FeatureConfig = FeatureConfig(),  # noqa: B008  (frozen dataclass)
-        scoring: ScoringConfig = ScoringConfig(),  # noqa: B008
+        features: FeatureConfig = FeatureConfig(),
+        scoring: ScoringConfig = ScoringConfig(),
     ) -> None:
         super().__init__()
         self.layers = list(layers)
