@@ -159,7 +159,7 @@ def test_int8_calibration_feeds_one_image_at_a_time_or_the_static_batch(
     monkeypatch: pytest.MonkeyPatch, batch: int, expected: int
 ) -> None:
     """Batched calibration gave NNCF per-batch-item statistics on axes that are no longer images (SMCC: INT8
-    image AUROC 0.500 in batches of 32, 0.860 image by image, f32 0.940)."""
+    image AUROC 0.500 in batches of 8, 0.860 image by image, f32 0.940)."""
     import nncf
     import openvino as ov
 
