@@ -1,7 +1,7 @@
 """Building blocks shared by the package's models: shared concerns, parameter groups, scoring, feature cache."""
 
 from .base import AnomalibExtModule
-from .config import as_config
+from .config import as_config, group_arguments
 from .feature_cache import FrozenFeatureCache
 from .scoring import AnomalyScorer, ScoreMode, ScoreModeName, image_score
 
@@ -12,5 +12,6 @@ __all__ = [
     "ScoreMode",
     "ScoreModeName",
     "as_config",
+    "group_arguments",
     "image_score",
 ]

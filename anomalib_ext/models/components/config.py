@@ -2,8 +2,10 @@
 
 jsonargparse builds a model's frozen dataclass groups (``--model.training.lr_step_size 1``) itself; a
 mapping reaches the constructor when a model is built from Python with plain data (``get_model`` with a
-dict of ``init_args``, a JSON file, a test). :func:`as_config` turns it into the group, so that
-``AnomalibModule`` saves the same hyper-parameters either way.
+dict of ``init_args``, a JSON file, a test). :func:`as_config` turns it into the group, and
+:func:`group_arguments`, the decorator on every model's ``__init__``, applies it to each argument whose
+default is a group before the body runs, so that ``AnomalibModule`` saves the same hyper-parameters
+either way.
 
 Example:
     >>> from dataclasses import dataclass
@@ -12,17 +14,26 @@ Example:
     ...     size: tuple[int, int] = (1, 1)
     >>> as_config(Group, {"size": [2, 3]})
     Group(size=(2, 3))
+    >>> @group_arguments
+    ... def build(group: Group = Group()) -> Group:
+    ...     return group
+    >>> build({"size": [4, 4]}), build(None)
+    (Group(size=(4, 4)), Group(size=(1, 1)))
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["as_config"]
+__all__ = ["as_config", "group_arguments"]
 
 ConfigT = TypeVar("ConfigT")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def as_config(config_class: type[ConfigT], value: ConfigT | Mapping[str, Any] | None) -> ConfigT:
@@ -60,3 +71,24 @@ def _field_value(field: Field, value: Any) -> Any:
         if is_dataclass(default):
             return as_config(type(default), value)
     return tuple(value) if isinstance(value, list) else value
+
+
+def group_arguments(function: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a model's ``__init__``: every argument whose default is a group arrives as that group.
+
+    A mapping of the group's fields or ``None`` given for such an argument is converted with
+    :func:`as_config` before ``function`` runs, so its body (and the hyper-parameters ``AnomalibModule``
+    reads from its frame) sees the group. The signature stays the one jsonargparse and ``--help`` show.
+    """
+    signature = inspect.signature(function)
+    groups = {name: type(p.default) for name, p in signature.parameters.items() if is_dataclass(p.default)}
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        bound = signature.bind(*args, **kwargs)
+        for name, config_class in groups.items():
+            if name in bound.arguments:
+                bound.arguments[name] = as_config(config_class, bound.arguments[name])
+        return function(*bound.args, **bound.kwargs)
+
+    return wrapper

@@ -39,7 +39,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, ScoreModeName, as_config
+from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, ScoreModeName, group_arguments
 
 from .config import AttentionConfig, BottleneckConfig, FMMConfig, TrainingConfig
 from .loss import FmgrdLoss
@@ -71,6 +71,7 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
 
     frozen_modules = ("encoder",)
 
+    @group_arguments
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -89,9 +90,6 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        bottleneck = as_config(BottleneckConfig, bottleneck)
-        fmm = as_config(FMMConfig, fmm)
-        training = as_config(TrainingConfig, training)
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
         self.model = FmgrdModel(
             backbone=backbone,

@@ -266,29 +266,23 @@ class MultilevelFeatureExtractor(nn.Module):
 
         Stops at the input-side deep tap: the target-side blocks are not computed.
         """
-        self.eval()
-        parts: list[torch.Tensor] = []
-        if self.cnn is not None:
-            low, last = self._cnn_features(images)
-            parts.append(low)
-            if self.deep_stage is not None:
-                parts.extend(self._deep_pair(last, input_side=True, target_side=False))
-        if self.vit is not None:
-            parts.extend(self._vit_features(images, [self.vit_input_index]))
-        return torch.cat(parts, dim=1)
+        return self._one_side(images, input_side=True)
 
     @torch.no_grad()
     def target_features(self, images: torch.Tensor) -> torch.Tensor:
         """Target-side fused features ``(B, C, h, w)`` only (the intact image's side in training)."""
+        return self._one_side(images, input_side=False)
+
+    def _one_side(self, images: torch.Tensor, input_side: bool) -> torch.Tensor:
         self.eval()
         parts: list[torch.Tensor] = []
         if self.cnn is not None:
             low, last = self._cnn_features(images)
             parts.append(low)
             if self.deep_stage is not None:
-                parts.extend(self._deep_pair(last, input_side=False, target_side=True))
+                parts.extend(self._deep_pair(last, input_side=input_side, target_side=not input_side))
         if self.vit is not None:
-            parts.extend(self._vit_features(images, [self.vit_target_index]))
+            parts.extend(self._vit_features(images, [self.vit_input_index if input_side else self.vit_target_index]))
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()

@@ -49,7 +49,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Resize
 
 from anomalib_ext.augment import RandomPatchDamage
-from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, as_config
+from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, group_arguments
 from anomalib_ext.models.defaults import reject_normalize
 
 from .config import AnomalyMapConfig, DamageConfig, FeatureConfig, RestorerConfig, TrainingConfig
@@ -92,6 +92,7 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
 
     frozen_modules = ("feature_extractor",)
 
+    @group_arguments
     def __init__(
         self,
         cnn_backbone: str | None = "resnet18.tv_in1k",
@@ -110,11 +111,6 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        features = as_config(FeatureConfig, features)
-        restorer = as_config(RestorerConfig, restorer)
-        damage = as_config(DamageConfig, damage)
-        training = as_config(TrainingConfig, training)
-        anomaly_map = as_config(AnomalyMapConfig, anomaly_map)
         if pre_processor is True:
             pre_processor = self._resize_pre_processor(
                 PAPER_IMAGE_SIZE, features.center_crop, features.resize_interpolation

@@ -48,7 +48,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_ext.augment import rank_generator
-from anomalib_ext.models.components import AnomalibExtModule, as_config
+from anomalib_ext.models.components import AnomalibExtModule, group_arguments
 
 from .config import ErrorMapConfig, NetworkConfig, NoiseConfig, TrainingConfig
 from .loss import N2NLoss
@@ -95,6 +95,7 @@ class N2N(AnomalibExtModule, AnomalibModule):
         visualizer: Visualizer, or ``True`` for anomalib's.
     """
 
+    @group_arguments
     def __init__(
         self,
         base_channels: int = 64,
@@ -113,10 +114,6 @@ class N2N(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        network = as_config(NetworkConfig, network)
-        noise = as_config(NoiseConfig, noise)
-        error_map = as_config(ErrorMapConfig, error_map)
-        training = as_config(TrainingConfig, training)
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
         self.base_channels = base_channels
         self.input_unshuffle = input_unshuffle

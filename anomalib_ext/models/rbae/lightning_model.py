@@ -50,7 +50,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.augment import PerlinTextureAnomaly, rank_generator
-from anomalib_ext.models.components import AnomalibExtModule, as_config
+from anomalib_ext.models.components import AnomalibExtModule, group_arguments
 from anomalib_ext.models.defaults import reject_normalize
 from anomalib_ext.models.rbae.components import PerceptualNetwork
 from anomalib_ext.models.rbae.config import DefectConfig, NetworkConfig, Phase1Config, Phase2Config
@@ -95,6 +95,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         visualizer: Visualizer, or ``True`` for anomalib's.
     """
 
+    @group_arguments
     def __init__(
         self,
         phase1_fraction: float = 2 / 3,
@@ -113,12 +114,6 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        # plain mappings (YAML data passed to the constructor directly) become the groups, before
-        # AnomalibModule saves the arguments as hyper-parameters
-        network = as_config(NetworkConfig, network)
-        defects = as_config(DefectConfig, defects)
-        phase1 = as_config(Phase1Config, phase1)
-        phase2 = as_config(Phase2Config, phase2)
         if not 0 < phase1_fraction < 1:
             msg = f"phase1_fraction must be in (0, 1) (share of the optimiser steps in phase 1), got {phase1_fraction}."
             raise ValueError(msg)

@@ -47,7 +47,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-from anomalib_ext.models.components import AnomalibExtModule, as_config
+from anomalib_ext.models.components import AnomalibExtModule, group_arguments
 from anomalib_ext.models.defaults import default_evaluator
 
 from .centres import build_centre_set
@@ -84,6 +84,7 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         visualizer: Visualizer, or ``True`` for anomalib's.
     """
 
+    @group_arguments
     def __init__(
         self,
         backbone: str = "wide_resnet50_2.tv_in1k",
@@ -102,11 +103,6 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        # before AnomalibModule saves the arguments, so the hyper-parameters hold the groups
-        features = as_config(FeatureConfig, features)
-        clustering = as_config(ClusteringConfig, clustering)
-        training = as_config(TrainingConfig, training)
-        scoring = as_config(ScoringConfig, scoring)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size)
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
