@@ -1,5 +1,5 @@
 """What only SMCC needs beyond the contract suite (``test_contract.py``): fit builds the GMM centres and a
-memory bank of one batch."""
+memory bank of one batch, or of the latest images over several batches."""
 
 from __future__ import annotations
 
@@ -49,3 +49,26 @@ def test_fit_builds_centres_and_a_one_batch_bank(trained: dict) -> None:
     with torch.no_grad():
         expected = model.to_patches(model.eval().embed(model.bank_images))
     torch.testing.assert_close(model.memory_bank, expected)  # refreshed with the final weights (A18)
+
+
+def test_a_bank_larger_than_the_batch_keeps_the_latest_training_images(trained: dict, tmp_path) -> None:
+    # memory_bank_images 6 > batch 4: after the batches (4, 4, 2) the bank holds the last 6 images seen
+    model = SMCC(**TINY | {"memory_bank_images": 6})
+    seen: list[torch.Tensor] = []
+    update = model.model.update_memory
+    model.model.update_memory = lambda patches, images, *args: seen.append(images) or update(patches, images, *args)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", devices=1)
+    engine.fit(model, datamodule=trained["datamodule"])
+    assert [len(images) for images in seen] == [4, 4, 2]
+    torch.testing.assert_close(model.model.bank_images, torch.cat(seen)[-6:])
+    assert model.model.memory_bank.shape == (6 * 8 * 8, 496)
+
+
+def test_a_training_set_smaller_than_the_bank_fills_it(trained: dict, tmp_path) -> None:
+    # memory_bank_images 16 > the 10 training images: the bank holds every training image once
+    model = SMCC(**TINY | {"memory_bank_images": 16})
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", devices=1)
+    engine.fit(model, datamodule=trained["datamodule"])
+    assert model.model.bank_images.shape[0] == 10
+    assert model.model.memory_bank.shape == (10 * 8 * 8, 496)
+    assert torch.unique(model.model.bank_images.flatten(1), dim=0).shape[0] == 10

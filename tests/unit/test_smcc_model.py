@@ -50,6 +50,21 @@ def test_short_batch_leaves_the_bank_unchanged() -> None:
     assert torch.equal(model.memory_bank, before)
 
 
+def test_a_bank_larger_than_a_batch_keeps_the_latest_images() -> None:
+    model = tiny_model()
+    batches = [torch.rand(2, 3, 32, 32) for _ in range(3)]
+    patches = [model.to_patches(model(images)) for images in batches]
+    for images, batch_patches in zip(batches, patches, strict=True):
+        assert model.update_memory(batch_patches, images, n_images=3, span_batches=True)
+    per_image = 4 * 4
+    assert torch.equal(model.bank_images, torch.cat([batches[1][1:], batches[2]]))
+    assert torch.equal(model.memory_bank, torch.cat([patches[1][per_image:], patches[2]]).detach())
+    short = torch.rand(1, 3, 32, 32)  # a short batch joins too: the bank stays 3 whole images
+    model.update_memory(model.to_patches(model(short)), short, n_images=3, span_batches=True)
+    assert torch.equal(model.bank_images, torch.cat([batches[2], short]))
+    assert model.memory_bank.shape == (3 * per_image, 496)
+
+
 def test_refresh_re_embeds_the_bank_images_in_eval_mode() -> None:
     model = tiny_model()
     images = torch.rand(2, 3, 32, 32)
@@ -101,6 +116,15 @@ def test_chunked_knn_equals_unchunked() -> None:
     whole, chunked = tiny_model(knn_chunk_size=4096), tiny_model(knn_chunk_size=77)
     whole.memory_bank = chunked.memory_bank = bank
     assert torch.allclose(whole.nearest_distances(queries), chunked.nearest_distances(queries), rtol=1e-5)
+
+
+def test_knn_equals_the_mean_of_the_k_smallest_cdist_distances() -> None:
+    generator = torch.Generator().manual_seed(1)
+    bank, queries = 3 + torch.randn(500, 32, generator=generator), 3 + torch.randn(40, 32, generator=generator)
+    model = tiny_model(num_neighbors=3, knn_chunk_size=128)
+    model.memory_bank = bank
+    expected = torch.cdist(queries.double(), bank.double()).topk(3, dim=1, largest=False).values.mean(dim=1)
+    assert torch.allclose(model.nearest_distances(queries).double(), expected, rtol=1e-4)
 
 
 def test_scoring_the_bank_images_gives_near_zero_with_k1() -> None:

@@ -71,8 +71,9 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         image_size: Resize size of the default pre-processor (Sec. IV-A: 224 x 224; A22). A centre crop is
             ``pre_processor=SMCC.configure_pre_processor(image_size, center_crop_size)``.
         n_components: Number of GMM clusters k (Sec. IV-D: 10).
-        memory_bank_images: Images whose patches form the memory bank, at most the training batch size
-            (Sec. IV-C: 16; A17).
+        memory_bank_images: Images whose patches form the memory bank (Sec. IV-C: 16, one batch; A17). Larger
+            than the training batch, the bank keeps the latest ``memory_bank_images`` images over consecutive
+            batches.
         lr: Learning rate (Table II: 1e-3).
         features: Fusion and backbone adaptation (:class:`~anomalib_ext.models.smcc.config.FeatureConfig`).
         clustering: The centre set (:class:`~anomalib_ext.models.smcc.config.ClusteringConfig`).
@@ -128,6 +129,8 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         self.clustering = clustering
         self.training_config = training
         self.refresh_memory_bank = scoring.refresh_bank
+        self._bank_spans_batches = False
+        self._n_train_images: int | None = None
 
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
@@ -182,8 +185,13 @@ class SMCC(AnomalibExtModule, AnomalibModule):
 
     @property
     def _bank_images_per_rank(self) -> int:
-        """A17: each rank keeps ceil(memory_bank_images / world_size) images of its latest full batch."""
-        return math.ceil(self.memory_bank_images / self._world_size)
+        """A17: each rank keeps ceil(bank size / world_size) images of its latest batches."""
+        return math.ceil(self._bank_size / self._world_size)
+
+    @property
+    def _bank_size(self) -> int:
+        """``memory_bank_images``, or the number of training images when the training set is smaller."""
+        return min(self.memory_bank_images, self._n_train_images or self.memory_bank_images)
 
     def _clustering_batches(self) -> Any:
         """The whole training set in a fixed order, un-sharded (T18), as the trainer's loader would batch it."""
@@ -233,7 +241,7 @@ class SMCC(AnomalibExtModule, AnomalibModule):
     def _fit_centres(self, initialise_bank: bool = True) -> None:
         """Stage 0 on rank 0, broadcast to all ranks (T18); optionally initialise the bank (A17)."""
         rank = self.trainer.global_rank
-        result = self._cluster(self.memory_bank_images) if rank == 0 else None
+        result = self._cluster(self._bank_size) if rank == 0 else None
         if self._world_size > 1:
             result = self.trainer.strategy.broadcast(result, src=0)
             self.trainer.strategy.barrier("smcc_centres")
@@ -241,7 +249,7 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         self.model.centres = centres.to(self.device)
         self.model.centres_fitted = torch.tensor(True, device=self.device)
         if initialise_bank:  # A17: the first memory_bank_images images of the clustering pass, same on all ranks
-            self.model.refresh_memory(bank_images[: self.memory_bank_images].to(self.device))
+            self.model.refresh_memory(bank_images[: self._bank_size].to(self.device))
 
     def on_train_start(self) -> None:
         """Check sizes, freeze BatchNorm (T2) and run stage 0 unless the centres come from a checkpoint (T14)."""
@@ -250,12 +258,16 @@ class SMCC(AnomalibExtModule, AnomalibModule):
             raise ValueError(msg)
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(datamodule, "train_batch_size", None)
-        if batch_size is not None and batch_size < self._bank_images_per_rank:
-            msg = (
-                f"train_batch_size={batch_size} per process is smaller than memory_bank_images="
-                f"{self.memory_bank_images} / world size {self._world_size}: the bank would never be updated (T11)"
+        train_data = getattr(datamodule, "train_data", None)
+        self._n_train_images = len(train_data) if train_data is not None else None
+        if self._bank_size < self.memory_bank_images:
+            logger.info(
+                "SMCC: memory_bank_images=%d but %d training images: the bank holds all of them",
+                self.memory_bank_images,
+                self._bank_size,
             )
-            raise ValueError(msg)
+        # a bank larger than a batch keeps the latest images over several batches (A17, T11)
+        self._bank_spans_batches = batch_size is not None and batch_size < self._bank_images_per_rank
         self.model.freeze_batchnorm()
         if not bool(self.model.centres_fitted):
             self._fit_centres()
@@ -275,7 +287,7 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         features = self.model(batch.image)
         patches = self.model.to_patches(features)
         loss, parts = self.loss(patches, self.model.centres)
-        self.model.update_memory(patches, batch.image, self._bank_images_per_rank)
+        self.model.update_memory(patches, batch.image, self._bank_images_per_rank, self._bank_spans_batches)
         self.model.bank_stale = True  # the weights change with this step (A18)
         n_images = batch.image.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_images)
@@ -296,7 +308,7 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         if self._world_size > 1:  # same batch sizes on all ranks (DistributedSampler), so same shapes here
             images = self.all_gather(local_images).reshape(-1, *local_images.shape[1:])
         # afterwards every rank holds the same images and the same bank
-        self.model.refresh_memory(images[: self.memory_bank_images])
+        self.model.refresh_memory(images[: self._bank_size])
 
     def on_validation_start(self) -> None:
         """Refresh the bank before validation, hence before the checkpoint saved after it (T12)."""
