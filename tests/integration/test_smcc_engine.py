@@ -51,14 +51,20 @@ def test_fit_builds_centres_and_a_one_batch_bank(trained: dict) -> None:
     torch.testing.assert_close(model.memory_bank, expected)  # refreshed with the final weights (A18)
 
 
-def test_a_bank_larger_than_the_batch_keeps_the_latest_training_images(trained: dict, tmp_path) -> None:
-    # memory_bank_images 6 > batch 4: after the batches (4, 4, 2) the bank holds the last 6 images seen
+@pytest.mark.parametrize("through", ["datamodule", "loaders"])
+def test_a_bank_larger_than_the_batch_keeps_the_latest_training_images(trained: dict, tmp_path, through: str) -> None:
+    # memory_bank_images 6 > batch 4: after the batches (4, 4, 2) the bank holds the last 6 images seen,
+    # whether fit gets the datamodule or only its training loader
     model = SMCC(**TINY | {"memory_bank_images": 6})
     seen: list[torch.Tensor] = []
     update = model.model.update_memory
     model.model.update_memory = lambda patches, images, *args: seen.append(images) or update(patches, images, *args)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", devices=1)
-    engine.fit(model, datamodule=trained["datamodule"])
+    datamodule = trained["datamodule"]
+    if through == "datamodule":
+        engine.fit(model, datamodule=datamodule)
+    else:
+        engine.fit(model, train_dataloaders=datamodule.train_dataloader())
     assert [len(images) for images in seen] == [4, 4, 2]
     torch.testing.assert_close(model.model.bank_images, torch.cat(seen)[-6:])
     assert model.model.memory_bank.shape == (6 * 8 * 8, 496)

@@ -258,6 +258,8 @@ class SMCC(AnomalibExtModule, AnomalibModule):
             raise ValueError(msg)
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(datamodule, "train_batch_size", None)
+        if batch_size is None:  # loaders given to fit directly
+            batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
         train_data = getattr(datamodule, "train_data", None)
         self._n_train_images = len(train_data) if train_data is not None else None
         if self._bank_size < self.memory_bank_images:
