@@ -88,7 +88,7 @@ def test_our_model_is_read_from_its_cpu_config_with_its_schedule():
 def test_a_model_gets_the_batch_size_it_needs():
     jobs = make_jobs(["smcc", "Padim"], ["DemoTextures"], {"DemoTextures": ["brick"]}, PROFILES["cpu"])
     smcc, padim = (job.spec["data"]["init_args"]["train_batch_size"] for job in jobs)
-    assert smcc == 16  # SMCC's batch must hold its memory_bank_images
+    assert smcc == 16  # the paper's batch, pinned by SMCC's config
     assert padim == PROFILES["cpu"].train_batch_size
 
 
