@@ -6,8 +6,9 @@ Center Clustering" (Liu, Gao, Wen, Luo; IEEE Transactions on Instrumentation and
 Multi-layer patch features of an ImageNet-pretrained CNN are clustered once (k-means++ seeding,
 sensitivity-sampled coreset, weighted GMM) into a few centres. The backbone is then fine-tuned so
 that each normal patch moves towards its nearest centre (L_c) and away from its second-nearest
-(L_o). The memory bank holds the patches of one training batch only, refreshed during training, so
-its size does not depend on the training set. A test patch scores the mean distance to its K
+(L_o). The memory bank holds the patches of one training batch only (here: of the latest
+``memory_bank_images`` training images, which may span batches), refreshed during training, so its
+size does not depend on the training set. A test patch scores the mean distance to its K
 nearest memory patches; the map is upsampled bilinearly and Gaussian-smoothed.
 
 Example:

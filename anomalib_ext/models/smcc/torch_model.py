@@ -1,4 +1,4 @@
-"""PyTorch model of SMCC: adapted backbone, multi-layer fusion, fixed centres, one-batch memory bank.
+"""PyTorch model of SMCC: adapted backbone, multi-layer fusion, fixed centres, fixed-size memory bank.
 
 In training mode :meth:`SmccModel.forward` returns the fused features ``(B, C, H, W)`` that the
 loss needs; in eval mode it scores every patch by the mean distance to its K nearest memory-bank
