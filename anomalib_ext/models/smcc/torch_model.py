@@ -203,7 +203,7 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         the square root is monotonic), so the norm, clamp and square root touch K values per query, not
         the whole ``(queries, bank)`` matrix: the same distances (within 3e-6) in about half the time of
         ``sqrt(clamp(|q|^2 + |m|^2 - 2 q.m))`` over the whole matrix (16 images' 16,384 patches against a
-        16-image bank, 152 channels, 2 CPU threads: 1.0-1.5 s instead of 2.4-2.7 s, measured 2026-12-04).
+        16-image bank, 152 channels, 2 threads of an AMD EPYC: 1.0-1.5 s instead of 2.4-2.7 s, 2026-12-04).
         """
         dtype = torch.promote_types(queries.dtype, torch.float32)  # never below fp32 (T19)
         queries = queries.to(dtype)
