@@ -65,6 +65,18 @@ def test_fusion_pools_finer_and_upsamples_coarser_maps_to_the_target() -> None:
     assert out.shape == (1, 9, 8, 8)
 
 
+def test_fusion_with_aggregation_equals_anomalib_patchcore_embedding() -> None:
+    """``aggregation_kernel=3`` is PatchCore's: each tap averaged on its own grid, then resized."""
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    patchcore = PatchcoreModel(layers=["blocks.2", "blocks.4"], backbone="resnet18", pre_trained=False)
+    torch.manual_seed(0)
+    taps = {"blocks.2": torch.rand(2, 5, 8, 8), "blocks.4": torch.rand(2, 7, 4, 4)}
+    expected = patchcore.generate_embedding({name: patchcore.feature_pooler(t) for name, t in taps.items()})
+    fusion = MultiLayerFusion([5, 7], [8, 16], aggregation_kernel=3)
+    torch.testing.assert_close(fusion(list(taps.values())), expected)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_eval_forward_returns_score_per_image_and_map_at_input_size(batch: int) -> None:
     model = SmccModel(

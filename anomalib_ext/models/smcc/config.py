@@ -52,7 +52,8 @@ class FeatureConfig:
         fusion_layer_index: A3: tapped layer whose resolution the fusion keeps (0 = the finest);
             A24: 1 (stride 8) in the offline CPU variant.
         fusion_upsample_mode: A3: interpolation of the coarser maps in the fusion.
-        aggregation_kernel: A4: PatchCore-style neighbourhood mean after the fusion; 1 = none (odd).
+        aggregation_kernel: A4: anomalib PatchCore's neighbourhood mean of every tapped map before the
+            fusion resizes it; 1 = none (odd).
         projection_dim: A4: channels of an optional learned 1x1 projection after the fusion; ``None`` = none.
         trainable_scope: A13: ``"all"`` or backbone module-name prefixes whose parameters train.
         freeze_bn_stats: A13: keep the backbone's BatchNorm running statistics frozen.
