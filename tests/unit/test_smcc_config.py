@@ -63,6 +63,7 @@ def test_offline_config_uses_efficientnet_lite0(project_root: Path) -> None:
     assert args["features"] == {"aggregation_kernel": 3}
     assert args["image_size"] == [256, 256]
     assert args["memory_bank_images"] == 64  # four batches: the bank spans batches
+    assert args["lr"] == 1e-4  # a float (PyYAML reads 1e-4 without a dot as a string)
     assert config["data"]["init_args"]["train_batch_size"] == 16  # the paper's batch
 
 
