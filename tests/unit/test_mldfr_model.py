@@ -128,7 +128,9 @@ def test_invalid_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="cnn_backbone"):
         MLDFRModel(cnn_backbone=None, vit_backbone="cait_xs24_384", features=DEEP_BRANCH, pre_trained=False)
     with pytest.raises(ValueError, match="at least one backbone"):
-        MultilevelFeatureExtractor(cnn_backbone=None, vit_backbone=None, pre_trained=False)
+        MultilevelFeatureExtractor(
+            cnn_backbone=None, cnn_layers=[], vit_backbone=None, input_size=(64, 64), pre_trained=False
+        )
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,12 @@ import torch
 from kornia.losses import MS_SSIMLoss
 from kornia.metrics import ssim
 
+from anomalib_ext.models.n2n.config import ErrorMapConfig
 from anomalib_ext.models.n2n.loss import MSSSIML1Map, N2NLoss
 
 
 def _double(**kwargs: object) -> MSSSIML1Map:
-    return MSSSIML1Map(**kwargs).double()
+    return MSSSIML1Map(ErrorMapConfig(**kwargs)).double()
 
 
 def test_identical_inputs_give_zero_map_and_zero_loss() -> None:
@@ -47,7 +48,7 @@ def test_known_offset_value_is_0_0297682() -> None:
 
 def test_single_scale_matches_kornia_ssim() -> None:
     a, b = torch.rand(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, 3, 32, 32, dtype=torch.float64)
-    ours = _double(sigmas=(1.5,), kernel_size=11, padding="reflect", alpha=1.0)(a, b)
+    ours = _double(msssim_sigmas=(1.5,), kernel_size=11, padding="reflect", alpha=1.0)(a, b)
     reference = ssim(a.float(), b.float(), 11, max_val=1.0, eps=0.0).double().mean(dim=1, keepdim=True)
     torch.testing.assert_close(1 - ours, reference, atol=5e-5, rtol=0)
 
@@ -95,6 +96,6 @@ def test_loss_maps_normalised_inputs_to_unit_space() -> None:
 
 def test_invalid_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="msssim_sigmas"):
-        MSSSIML1Map(sigmas=(2.0, 1.0))
-    with pytest.raises(ValueError, match="ssim_kernel_size"):
-        MSSSIML1Map(kernel_size=32)
+        MSSSIML1Map(ErrorMapConfig(msssim_sigmas=(2.0, 1.0)))
+    with pytest.raises(ValueError, match=r"error_map\.kernel_size=32 is invalid"):
+        MSSSIML1Map(ErrorMapConfig(kernel_size=32))

@@ -20,7 +20,8 @@ Example:
     >>> from anomalib_ext.models.mldfr.feature_extractor import MultilevelFeatureExtractor
     >>> from anomalib_ext.models.mldfr.config import FeatureConfig
     >>> extractor = MultilevelFeatureExtractor(
-    ...     "efficientnet_lite0", [1, 2, 3], vit_backbone=None, input_size=(64, 64), pre_trained=False,
+    ...     cnn_backbone="efficientnet_lite0", cnn_layers=[1, 2, 3], vit_backbone=None, input_size=(64, 64),
+    ...     pre_trained=False,
     ...     config=FeatureConfig(deep_branch=True))
     >>> f_in, f_tgt = extractor(torch.rand(1, 3, 64, 64))
     >>> f_in.shape, extractor.num_channels, extractor.grid_size
@@ -111,15 +112,19 @@ class MultilevelFeatureExtractor(nn.Module):
         pre_trained: Real ImageNet weights (``False`` only for tests where weights do not matter).
         config: Pooling, CaiT blocks and the offline deep branch
             (:class:`~anomalib_ext.models.mldfr.config.FeatureConfig`; its input fields are not used here).
+
+    The defaults (the paper's backbones) are :class:`~anomalib_ext.models.mldfr.torch_model.MLDFRModel`'s:
+    every argument here is required.
     """
 
     def __init__(
         self,
-        cnn_backbone: str | None = "resnet18.tv_in1k",
-        cnn_layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
-        vit_backbone: str | None = "cait_xs24_384.fb_dist_in1k",
-        input_size: tuple[int, int] = (384, 384),
-        pre_trained: bool = True,
+        *,
+        cnn_backbone: str | None,
+        cnn_layers: Sequence[str | int],
+        vit_backbone: str | None,
+        input_size: tuple[int, int],
+        pre_trained: bool,
         config: FeatureConfig | None = None,
     ) -> None:
         super().__init__()

@@ -144,7 +144,7 @@ class N2N(AnomalibExtModule, AnomalibModule):
             norm_mean=norm_mean,
             norm_std=norm_std,
         )
-        self.loss = N2NLoss.from_config(
+        self.loss = N2NLoss(
             self.error_map_config, norm_mean=norm_mean, norm_std=norm_std, reduction=self.training_config.loss_reduction
         )
 

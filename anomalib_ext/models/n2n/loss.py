@@ -19,15 +19,14 @@ See Also:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from dataclasses import replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .config import ErrorMapConfig
+from .config import ErrorMapConfig
 
 PADDINGS = ("zeros", "reflect")
 CHANNEL_REDUCTIONS = ("mean", "max")
@@ -58,53 +57,43 @@ class MSSSIML1Map(nn.Module):
     separable version 5.4 s and 2.6 s, about 7.6 and 5 times faster, in every training step and inference.
 
     Args:
-        sigmas: A13: ascending Gaussian sigmas; the last is sigma_M (luminance + L1 filter).
-        kernel_size: A14: odd window size shared by all sigmas (default 33 = 4 sigma_M + 1).
-        alpha: A15: weight of the MS-SSIM term (0.84, Zhao et al.).
-        k1: A12: SSIM constant K1 (paper "C1 = 0.01").
-        k2: A12: SSIM constant K2 (paper "C2 = 0.03").
-        constants_squared: A12: ``C = (K * L) ** 2`` (True) or the paper's literal ``C = K``.
-        data_range: A11: dynamic range ``L`` of the inputs.
-        padding: A14: ``"zeros"`` (default) or ``"reflect"`` border handling of the windows.
+        config: The error-map group (:class:`~anomalib_ext.models.n2n.config.ErrorMapConfig`): Gaussian
+            sigmas (A13), window size and padding (A14), alpha (A15), SSIM constants (A12), data range
+            ``L`` (A11) and the reduction over channels (A16). Its map and score fields are not used here.
         channels: Number of image channels.
-        channel_reduction: A16: reduce the per-channel maps by ``"mean"`` (default) or ``"max"``.
 
     Returns (from ``forward``):
         ``(B, 1, H, W)`` error map, >= 0, 0 where the inputs agree over the whole window.
     """
 
-    def __init__(
-        self,
-        sigmas: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0),
-        kernel_size: int = 33,
-        alpha: float = 0.84,
-        k1: float = 0.01,
-        k2: float = 0.03,
-        constants_squared: bool = True,
-        data_range: float = 1.0,
-        padding: Literal["zeros", "reflect"] = "zeros",
-        channels: int = 3,
-        channel_reduction: Literal["mean", "max"] = "mean",
-    ) -> None:
+    def __init__(self, config: ErrorMapConfig | None = None, channels: int = 3) -> None:
         super().__init__()
-        sigmas = tuple(float(s) for s in sigmas)
+        config = config or ErrorMapConfig()
+        sigmas = tuple(float(s) for s in config.msssim_sigmas)
+        kernel_size, padding, alpha, data_range = config.kernel_size, config.padding, config.alpha, config.data_range
+        channel_reduction = config.channel_reduction
         if not sigmas or list(sigmas) != sorted(sigmas) or sigmas[0] <= 0:
-            msg = f"msssim_sigmas={sigmas} is invalid: expected a non-empty ascending list of positive sigmas."
+            msg = (
+                f"error_map.msssim_sigmas={sigmas} is invalid: expected a non-empty ascending list of positive sigmas."
+            )
             raise ValueError(msg)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            msg = f"ssim_kernel_size={kernel_size} is invalid: expected an odd positive integer."
+            msg = f"error_map.kernel_size={kernel_size} is invalid: expected an odd positive integer."
             raise ValueError(msg)
         if padding not in PADDINGS:
-            msg = f"ssim_padding={padding!r} is invalid: accepted values are {PADDINGS}."
+            msg = f"error_map.padding={padding!r} is invalid: accepted values are {PADDINGS}."
             raise ValueError(msg)
         if channel_reduction not in CHANNEL_REDUCTIONS:
-            msg = f"channel_reduction={channel_reduction!r} is invalid: accepted values are {CHANNEL_REDUCTIONS}."
+            msg = (
+                f"error_map.channel_reduction={channel_reduction!r} is invalid: "
+                f"accepted values are {CHANNEL_REDUCTIONS}."
+            )
             raise ValueError(msg)
         if not 0.0 <= alpha <= 1.0:
-            msg = f"loss_alpha={alpha} is invalid: expected a value in [0, 1]."
+            msg = f"error_map.alpha={alpha} is invalid: expected a value in [0, 1]."
             raise ValueError(msg)
         if data_range <= 0:
-            msg = f"ssim_data_range={data_range} is invalid: expected a positive number."
+            msg = f"error_map.data_range={data_range} is invalid: expected a positive number."
             raise ValueError(msg)
         n_scales, k = len(sigmas), kernel_size
         g = torch.stack([gaussian_window_1d(k, s) for s in sigmas])  # (M, k)
@@ -113,8 +102,8 @@ class MSSSIML1Map(nn.Module):
         self.register_buffer("wh", g.view(n_scales, 1, 1, k).repeat(channels, 1, 1, 1).float(), persistent=False)
         self.register_buffer("wv_last", g[-1].view(1, 1, k, 1).repeat(channels, 1, 1, 1).float(), persistent=False)
         self.register_buffer("wh_last", g[-1].view(1, 1, 1, k).repeat(channels, 1, 1, 1).float(), persistent=False)
-        self.c1 = (k1 * data_range) ** 2 if constants_squared else k1
-        self.c2 = (k2 * data_range) ** 2 if constants_squared else k2
+        self.c1 = (config.k1 * data_range) ** 2 if config.constants_squared else config.k1
+        self.c2 = (config.k2 * data_range) ** 2 if config.constants_squared else config.k2
         self.pad = k // 2
         self.n_scales = n_scales
         self.channels = channels
@@ -166,91 +155,34 @@ class N2NLoss(nn.Module):
     them as they are with data range 2 (``metric_space="normalized"``).
 
     Args:
-        sigmas: A13: Gaussian sigmas of the MS-SSIM bank.
-        kernel_size: A14: window size.
-        alpha: A15: MS-SSIM weight.
-        k1: A12: SSIM K1.
-        k2: A12: SSIM K2.
-        constants_squared: A12: square the constants, ``C = (K L) ** 2``.
-        data_range: A12: data range ``L`` in the ``"unit"`` metric space.
-        padding: A14: ``"zeros"`` or ``"reflect"``.
-        channel_reduction: A16: ``"mean"`` or ``"max"`` over RGB.
-        metric_space: A11: ``"unit"`` (map to [0, 1]) or ``"normalized"`` (data range 2).
-        norm_mean: Mean of the input normalisation (inverted for ``"unit"``).
-        norm_std: Std of the input normalisation (inverted for ``"unit"``).
-        reduction: A17: ``"mean"`` (default) or ``"sum"`` of the per-pixel map.
+        error_map: The error-map group (:class:`~anomalib_ext.models.n2n.config.ErrorMapConfig`): the
+            metric's settings (see :class:`MSSSIML1Map`) and its space (A11: ``"unit"`` maps to [0, 1],
+            ``"normalized"`` keeps the inputs with data range ``2 L``).
+        norm_mean: Mean of the pre-processor's normalisation (inverted for ``"unit"``).
+        norm_std: Std of the pre-processor's normalisation (inverted for ``"unit"``).
+        reduction: A17: ``"mean"`` (default) or ``"sum"`` of the per-pixel map (``forward`` only).
     """
 
     def __init__(
         self,
-        sigmas: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0),
-        kernel_size: int = 33,
-        alpha: float = 0.84,
-        k1: float = 0.01,
-        k2: float = 0.03,
-        constants_squared: bool = True,
-        data_range: float = 1.0,
-        padding: Literal["zeros", "reflect"] = "zeros",
-        channel_reduction: Literal["mean", "max"] = "mean",
-        metric_space: Literal["unit", "normalized"] = "unit",
+        error_map: ErrorMapConfig | None = None,
         norm_mean: float = 0.5,
         norm_std: float = 0.5,
         reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
-        if metric_space not in METRIC_SPACES:
-            msg = f"metric_space={metric_space!r} is invalid: accepted values are {METRIC_SPACES}."
+        config = error_map or ErrorMapConfig()
+        if config.metric_space not in METRIC_SPACES:
+            msg = f"error_map.metric_space={config.metric_space!r} is invalid: accepted values are {METRIC_SPACES}."
             raise ValueError(msg)
         if reduction not in {"mean", "sum"}:
-            msg = f"loss_reduction={reduction!r} is invalid: accepted values are ('mean', 'sum')."
+            msg = f"training.loss_reduction={reduction!r} is invalid: accepted values are ('mean', 'sum')."
             raise ValueError(msg)
-        unit = metric_space == "unit"
+        unit = config.metric_space == "unit"
         self.scale = norm_std if unit else 1.0
         self.shift = norm_mean if unit else 0.0
-        self.metric = MSSSIML1Map(
-            sigmas=sigmas,
-            kernel_size=kernel_size,
-            alpha=alpha,
-            k1=k1,
-            k2=k2,
-            constants_squared=constants_squared,
-            data_range=data_range if unit else 2.0 * data_range,
-            padding=padding,
-            channel_reduction=channel_reduction,
-        )
+        self.metric = MSSSIML1Map(config if unit else replace(config, data_range=2.0 * config.data_range))
         self.reduction = reduction
-
-    @classmethod
-    def from_config(
-        cls,
-        config: ErrorMapConfig,
-        norm_mean: float = 0.5,
-        norm_std: float = 0.5,
-        reduction: Literal["mean", "sum"] = "mean",
-    ) -> N2NLoss:
-        """The loss (or error map) of an :class:`~anomalib_ext.models.n2n.config.ErrorMapConfig`.
-
-        Args:
-            config: The error-map group of the Lightning module.
-            norm_mean: Mean of the pre-processor's normalisation.
-            norm_std: Std of the pre-processor's normalisation.
-            reduction: A17: ``"mean"`` or ``"sum"`` of the per-pixel map (``forward`` only).
-        """
-        return cls(
-            sigmas=config.msssim_sigmas,
-            kernel_size=config.kernel_size,
-            alpha=config.alpha,
-            k1=config.k1,
-            k2=config.k2,
-            constants_squared=config.constants_squared,
-            data_range=config.data_range,
-            padding=config.padding,
-            channel_reduction=config.channel_reduction,
-            metric_space=config.metric_space,
-            norm_mean=norm_mean,
-            norm_std=norm_std,
-            reduction=reduction,
-        )
 
     def error_map(self, reconstruction: Tensor, clean: Tensor) -> Tensor:
         """Per-pixel map ``(B, 1, H, W)`` between two normalised-space images."""

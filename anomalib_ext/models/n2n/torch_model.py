@@ -99,7 +99,7 @@ class N2NModel(nn.Module):
         self.network = N2NReconstructionNetwork(
             base_channels=base_channels, input_unshuffle=input_unshuffle, **asdict(network)
         )
-        self.error = N2NLoss.from_config(error_map, norm_mean=norm_mean, norm_std=norm_std)
+        self.error = N2NLoss(error_map, norm_mean=norm_mean, norm_std=norm_std)
         self.scorer = AnomalyScorer(
             sigma=error_map.sigma, score_mode=error_map.score_mode, topk_fraction=error_map.topk_fraction
         )
