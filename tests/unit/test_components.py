@@ -208,3 +208,41 @@ def test_every_model_takes_its_parameter_groups_as_plain_mappings(name: str) -> 
     model = build(name, **mappings)
     for key, default in groups.items():
         assert type(model.hparams[key]) is type(default), key
+
+
+class _ConvThenDistances(nn.Module):
+    """A backbone (two convolutions) and a head that compares its features (pooling, distances)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.register_buffer("bank", torch.randn(8, 5, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = nn.functional.avg_pool2d(self.backbone(images), 3, 1, 1).flatten(2).transpose(1, 2)
+        return (features @ self.bank).amin(-1)
+
+
+class _ConvolutionsOnly(AnomalibExtModule):
+    int8_quantised_types = ("Convolution",)
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [(AnomalibExtModule, {"Convolution", "AvgPool"}), (_ConvolutionsOnly, {"Convolution"})],
+)
+def test_int8_quantises_only_the_types_a_model_names(module: type, expected: set[str]) -> None:
+    """``int8_quantised_types`` keeps every other operation in float: tapped features quantised where they
+    enter SMCC's fusion cost INT8 image AUROC 0.834 on ELPV mono; convolutions and MatMul only, 0.933 (f32 0.948).
+    """
+    import openvino as ov
+
+    model = ov.convert_model(_ConvThenDistances().eval(), example_input=torch.rand(1, 3, 8, 8), input=[(1, 3, 8, 8)])
+    quantised = module._post_training_quantization_ov(model, _Calibration())
+    fed = {
+        target.get_node().get_type_name()
+        for node in quantised.get_ordered_ops()
+        if node.get_type_name() == "FakeQuantize"
+        for target in node.output(0).get_target_inputs()
+    }
+    assert fed == expected

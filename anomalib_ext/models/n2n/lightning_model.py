@@ -52,7 +52,7 @@ from anomalib_ext.models.components import AnomalibExtModule, group_arguments
 
 from .config import ErrorMapConfig, NetworkConfig, NoiseConfig, TrainingConfig
 from .loss import N2NLoss
-from .openvino import keep_error_map_precise
+from .openvino import NETWORK_OP_TYPES, keep_error_map_precise
 from .torch_model import N2NModel
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,12 @@ class N2N(AnomalibExtModule, AnomalibModule):
         evaluator: Evaluator, or ``True`` for the package's metrics.
         visualizer: Visualizer, or ``True`` for anomalib's.
     """
+
+    #: INT8_PTQ quantises the reconstruction network's operations only (the types that also bound the
+    #: float-precision error map, :data:`~anomalib_ext.models.n2n.openvino.NETWORK_OP_TYPES`); the error map
+    #: (MS-SSIM's Gaussian windows are grouped convolutions) and everything after it stay in float (see
+    #: ``AnomalibExtModule._post_training_quantization_ov``).
+    int8_quantised_types = tuple(sorted(NETWORK_OP_TYPES))
 
     @group_arguments
     def __init__(

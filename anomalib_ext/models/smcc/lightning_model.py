@@ -86,6 +86,11 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         visualizer: Visualizer, or ``True`` for anomalib's.
     """
 
+    #: INT8_PTQ quantises the backbone's convolutions and the k-NN ``MatMul`` (the memory bank, most of the
+    #: weights and of the time); the fusion between them (pooling, resizing, concatenation) and the
+    #: distances after the ``MatMul`` stay in float (see ``AnomalibExtModule._post_training_quantization_ov``).
+    int8_quantised_types = ("Convolution", "GroupConvolution", "MatMul")
+
     @group_arguments
     def __init__(
         self,
