@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-train-images", type=int, default=None, help="override the profile's training-image cap")
     parser.add_argument("--repeats", type=int, default=None, help="override the profile's timed repeats")
     parser.add_argument("--warmup", type=int, default=None, help="override the profile's warm-up passes")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds one job may run before it is killed")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds one job may run before it is killed"
+    )
     parser.add_argument(
         "--openvino-timeout", type=float, default=300, help="seconds one OpenVINO precision may take (compile + timing)"
     )
@@ -185,6 +187,26 @@ def parse_per_model(text: str | None, option: str = "--max-epochs") -> int | dic
 
 
 parse_epochs = parse_per_model
+
+
+#: Seconds one job may run unless ``--timeout`` says otherwise.
+DEFAULT_TIMEOUT_S = 1800
+
+
+def curve_timeout_warning(curve_steps: list[int] | None, timeout_s: float) -> str | None:
+    """A warning when a learning curve runs under the default job timeout, else ``None``.
+
+    One curve job trains to its last step; a curve on real images easily outlasts 30 minutes, and the
+    job is then killed with only the points it reached (an MLDFR curve to 800 steps on ELPV stopped
+    before 400 that way).
+    """
+    if not curve_steps or timeout_s != DEFAULT_TIMEOUT_S:
+        return None
+    return (
+        f"warning: --curve-steps up to {max(curve_steps)} steps with the default --timeout of "
+        f"{DEFAULT_TIMEOUT_S:.0f} s per job: a job that runs longer is killed with only the points it reached; "
+        "pass --timeout SECONDS."
+    )
 
 
 def parse_steps(text: str | None) -> list[int] | None:
@@ -387,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             f"benchmark: {len(jobs)} jobs, seeds {seeds}, profile {profile.name}, output {output}",
             highlight=False,
         )
+        if warning := curve_timeout_warning(curve_steps, args.timeout):
+            console.print(warning, style="yellow", highlight=False)
         with Display(len(jobs), console) as display:
             runner = Runner(
                 output,

@@ -6,7 +6,15 @@ import argparse
 
 import pytest
 
-from benchmarks.__main__ import check_model_names, parse_categories, parse_per_model, parse_seeds, parse_steps
+from benchmarks.__main__ import (
+    DEFAULT_TIMEOUT_S,
+    check_model_names,
+    curve_timeout_warning,
+    parse_categories,
+    parse_per_model,
+    parse_seeds,
+    parse_steps,
+)
 from benchmarks.profiles import (
     CONFIG_DIR,
     PROFILES,
@@ -169,3 +177,12 @@ def test_curve_mode_trains_every_model_for_the_last_step():
     )
     assert (jobs[0].spec["max_epochs"], jobs[0].spec["max_steps"]) == (-1, 400)
     assert jobs[0].spec["curve_steps"] == [50, 100, 400]
+
+
+def test_a_curve_under_the_default_timeout_is_warned_about() -> None:
+    warning = curve_timeout_warning([100, 800], DEFAULT_TIMEOUT_S)
+    assert warning is not None
+    assert "800 steps" in warning
+    assert "--timeout" in warning
+    assert curve_timeout_warning([100, 800], 7200) is None  # the user chose a timeout
+    assert curve_timeout_warning(None, DEFAULT_TIMEOUT_S) is None  # no curve
