@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 DEFAULT_MODELS = "mldfr,smcc,rbae,n2n,fmgrd,Patchcore,Padim,ReverseDistillation,Stfpm"
+#: Seconds one job may run unless ``--timeout`` says otherwise.
+DEFAULT_TIMEOUT_S = 1800
 
 
 def _split(text: str) -> list[str]:
@@ -187,10 +189,6 @@ def parse_per_model(text: str | None, option: str = "--max-epochs") -> int | dic
 
 
 parse_epochs = parse_per_model
-
-
-#: Seconds one job may run unless ``--timeout`` says otherwise.
-DEFAULT_TIMEOUT_S = 1800
 
 
 def curve_timeout_warning(curve_steps: list[int] | None, timeout_s: float) -> str | None:

@@ -123,7 +123,7 @@ def test_exported_graph_has_no_random_ops(raw_export) -> None:
 
 
 def test_onnx_export_is_built_at_opset_18_without_a_failed_conversion(trained, caplog) -> None:
-    """anomalib asks for opset 14; converting torch's opset-18 graph down printed a traceback for SMCC."""
+    """anomalib asks for opset 14; converting torch's opset-18 graph down printed a traceback for all five."""
     import onnx
 
     _, tmp, model, engine = trained
