@@ -95,14 +95,14 @@ def test_paper_config_sets_only_the_paper_input_size() -> None:
 
 
 def test_cpu_config_keeps_the_benchmarked_settings() -> None:
-    # the values benchmarked before issue 17, in the new spelling (the old flat names in comments)
+    # the benchmarked values (docs/benchmarks.md, MLDFR with the stage-5 deep pair since 2026-12-05)
     config = yaml.safe_load((CONFIGS / "mldfr_cpu.yaml").read_text())
     init_args = config["model"]["init_args"]
     assert init_args["cnn_backbone"] == "efficientnet_lite0"
     assert init_args["cnn_layers"] == [1, 2, 3]
     assert init_args["vit_backbone"] is None
     assert init_args["sigma"] == pytest.approx(8 * 256 / 384)  # gaussian_sigma
-    assert init_args["features"] == {"feature_norm": "layernorm"}
+    assert init_args["features"] == {"feature_norm": "layernorm", "deep_branch": True}
     assert init_args["restorer"] == {"num_blocks": 4}
     assert init_args["training"] == {"lr_step_size": 1}
     assert init_args["pre_processor"]["init_args"]["transform"]["init_args"]["size"] == [256, 256]
@@ -115,8 +115,10 @@ def test_cpu_config_keeps_the_benchmarked_settings() -> None:
         evaluator=False,
         visualizer=False,
     )
-    assert model.model.feature_extractor.deep_stage is None
-    assert model.model.feature_extractor.num_channels == 24 + 40 + 112
+    # the stage-5 pair (blocks.5.0 input side, blocks.5.3 target side) stands in for CaiT's blocks 5 -> 15
+    assert len(model.model.feature_extractor.deep_stage) == 4
+    assert model.model.feature_extractor.deep_input_blocks == 1
+    assert model.model.feature_extractor.num_channels == 24 + 40 + 112 + 192
     assert len(model.model.restorer.blocks) == 4
     assert model.model.feature_norm == "layernorm"
     assert model.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 1
