@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,3 +229,70 @@ def behaviour_datamodule(root: Path, train_batch_size: int) -> object:
     from anomalib.data import MVTecAD
 
     return MVTecAD(root=root, category=CATEGORY, train_batch_size=train_batch_size, eval_batch_size=24, num_workers=0)
+
+
+BEHAVIOUR_SIZE = 64
+
+#: Every model as its behaviour test trains it on this data (64 px, 16 normal training images, pretrained
+#: EfficientNet-Lite0 where the model has a backbone): constructor arguments (CLI spelling), training batch
+#: size and epochs. The behaviour tests and the INT8 test (``tests/integration/test_int8.py``) build from here.
+BEHAVIOUR_MODELS: dict[str, dict[str, Any]] = {
+    "FMGRD": {
+        "init_args": {"backbone": "efficientnet_lite0", "layers": ["blocks.1", "blocks.2", "blocks.4"], "sigma": 1},
+        "train_batch_size": 4,
+        "max_epochs": 5,
+    },
+    "MLDFR": {
+        "init_args": {
+            "cnn_backbone": "efficientnet_lite0",
+            "cnn_layers": [1, 2, 3],
+            "vit_backbone": None,
+            "restorer": {"num_blocks": 2, "attention_type": "talking_heads"},
+            "sigma": 8.0 * BEHAVIOUR_SIZE / 384,
+        },
+        "train_batch_size": 4,
+        "max_epochs": 12,
+    },
+    "N2N": {
+        # a fixed schedule: nothing is selected on a validation set
+        "init_args": {"base_channels": 8, "lr": 2e-3, "early_stopping_patience": 0, "restore_best_weights": False},
+        "train_batch_size": 8,
+        "max_epochs": 40,
+    },
+    "RBAE": {
+        "init_args": {
+            "phase1": {"epochs": 6},
+            "phase2": {"epochs": 12},
+            "lr": 1e-3,
+            "network": {"encoder_channels": [8, 16, 32, 32, 32], "ffm_mid_channels": 16},
+            "perceptual_backbone": "efficientnet_lite0",
+            "perceptual_layers": [0, 1],
+        },
+        "train_batch_size": 4,
+        "max_epochs": 18,
+    },
+    "SMCC": {
+        "init_args": {
+            "backbone": "efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+            "n_components": 3,
+            "memory_bank_images": 8,
+            "lr": 1e-3,
+            "features": {"fusion_layer_index": 0},
+            "training": {"weight_decay": 0.0},  # see tests/integration/test_smcc_behaviour.py
+            "scoring": {"sigma": 2.0},
+        },
+        "train_batch_size": 8,
+        "max_epochs": 5,
+    },
+}
+
+
+def behaviour_model(name: str, **overrides: Any) -> torch.nn.Module:
+    """``name`` built from :data:`BEHAVIOUR_MODELS` (``overrides`` win), for :data:`BEHAVIOUR_SIZE` inputs."""
+    from anomalib_ext.registry import registered_models
+
+    cls = registered_models()[name]
+    init_args = {**copy.deepcopy(BEHAVIOUR_MODELS[name]["init_args"]), **overrides}
+    init_args.setdefault("pre_processor", cls.configure_pre_processor((BEHAVIOUR_SIZE, BEHAVIOUR_SIZE)))
+    return cls(visualizer=False, **init_args)

@@ -16,13 +16,17 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import seed_everything
 
-from anomalib_ext.models import FMGRD
-from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, fit_and_test
+from tests.helpers.behaviour import (
+    BEHAVIOUR_MODELS,
+    behaviour_data,
+    behaviour_datamodule,
+    behaviour_model,
+    fit_and_test,
+)
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
-EPOCHS = 5
+EPOCHS = BEHAVIOUR_MODELS["FMGRD"]["max_epochs"]
 MIN_IMAGE_AUROC = 0.95
 MIN_PIXEL_AUROC = 0.9
 MIN_AUPRO = 0.7
@@ -37,16 +41,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_trained_fmgrd_finds_in_range_defects_that_it_did_not_before_training(data_root: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    datamodule = behaviour_datamodule(data_root, train_batch_size=4)
-    model = FMGRD(
-        backbone="efficientnet_lite0",
-        layers=["blocks.1", "blocks.2", "blocks.4"],
-        pre_trained=True,
-        sigma=1,
-        pre_processor=FMGRD.configure_pre_processor((SIZE, SIZE)),
-        visualizer=False,
-    )
-    metrics = fit_and_test(model, datamodule, EPOCHS, tmp_path)
+    datamodule = behaviour_datamodule(data_root, train_batch_size=BEHAVIOUR_MODELS["FMGRD"]["train_batch_size"])
+    metrics = fit_and_test(behaviour_model("FMGRD"), datamodule, EPOCHS, tmp_path)
     untrained_pixel, trained_pixel = metrics["untrained_pixel_AUROC"], metrics["trained_pixel_AUROC"]
     print(f"FMGRD behaviour: {metrics}, raw pixel AUROC untrained {untrained_pixel:.3f} trained {trained_pixel:.3f}")
     assert metrics["image_AUROC"] >= MIN_IMAGE_AUROC

@@ -18,13 +18,17 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import seed_everything
 
-from anomalib_ext.models import N2N
-from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, fit_and_test
+from tests.helpers.behaviour import (
+    BEHAVIOUR_MODELS,
+    behaviour_data,
+    behaviour_datamodule,
+    behaviour_model,
+    fit_and_test,
+)
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
-EPOCHS = 40
+EPOCHS = BEHAVIOUR_MODELS["N2N"]["max_epochs"]
 MIN_IMAGE_AUROC = 0.95
 MIN_PIXEL_AUROC = 0.95
 MIN_AUPRO = 0.85
@@ -39,16 +43,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_trained_n2n_finds_in_range_defects_that_it_did_not_before_training(data_root: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    datamodule = behaviour_datamodule(data_root, train_batch_size=8)
-    model = N2N(
-        base_channels=8,
-        pre_processor=N2N.configure_pre_processor((SIZE, SIZE)),
-        lr=2e-3,
-        early_stopping_patience=0,
-        restore_best_weights=False,  # a fixed schedule: nothing is selected on a validation set
-        visualizer=False,
-    )
-    metrics = fit_and_test(model, datamodule, EPOCHS, tmp_path)
+    datamodule = behaviour_datamodule(data_root, train_batch_size=BEHAVIOUR_MODELS["N2N"]["train_batch_size"])
+    metrics = fit_and_test(behaviour_model("N2N"), datamodule, EPOCHS, tmp_path)
     untrained_pixel, trained_pixel = metrics["untrained_pixel_AUROC"], metrics["trained_pixel_AUROC"]
     print(f"N2N behaviour: {metrics}, raw pixel AUROC untrained {untrained_pixel:.3f} trained {trained_pixel:.3f}")
     assert metrics["image_AUROC"] >= MIN_IMAGE_AUROC

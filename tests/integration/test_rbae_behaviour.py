@@ -17,15 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalib_ext.models import RBAE
-from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
-from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, train_and_test
+from tests.helpers.behaviour import (
+    BEHAVIOUR_MODELS,
+    behaviour_data,
+    behaviour_datamodule,
+    behaviour_model,
+    train_and_test,
+)
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
-PHASE1_EPOCHS = 6
-PHASE2_EPOCHS = 12
+PHASE1_EPOCHS = BEHAVIOUR_MODELS["RBAE"]["init_args"]["phase1"]["epochs"]
+PHASE2_EPOCHS = BEHAVIOUR_MODELS["RBAE"]["init_args"]["phase2"]["epochs"]
 MIN_IMAGE_AUROC = 0.9
 MIN_PIXEL_AUROC = 0.9
 # phase 2 must add this much pixel AUROC over the model stopped after its first phase-2 epoch
@@ -48,17 +51,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def trained_rbae(root: Path, tmp_path: Path, phase2_epochs: int) -> dict[str, float]:
     torch.manual_seed(0)
-    datamodule = behaviour_datamodule(root, train_batch_size=4)
-    model = RBAE(
-        phase1=Phase1Config(epochs=PHASE1_EPOCHS),
-        phase2=Phase2Config(epochs=phase2_epochs),
-        lr=1e-3,
-        pre_processor=RBAE.configure_pre_processor((SIZE, SIZE)),
-        network=NetworkConfig(encoder_channels=(8, 16, 32, 32, 32), ffm_mid_channels=16),
-        perceptual_backbone="efficientnet_lite0",
-        perceptual_layers=(0, 1),
-        visualizer=False,
-    )
+    datamodule = behaviour_datamodule(root, train_batch_size=BEHAVIOUR_MODELS["RBAE"]["train_batch_size"])
+    model = behaviour_model("RBAE", phase2={"epochs": phase2_epochs})
     return train_and_test(model, datamodule, PHASE1_EPOCHS + phase2_epochs, tmp_path / f"results_{phase2_epochs}")
 
 

@@ -24,13 +24,17 @@ import pytest
 from lightning.pytorch import seed_everything
 
 from anomalib_ext.models import SMCC
-from anomalib_ext.models.smcc.config import FeatureConfig, ScoringConfig, TrainingConfig
-from tests.helpers.behaviour import behaviour_data, behaviour_datamodule, train_and_test
+from tests.helpers.behaviour import (
+    BEHAVIOUR_MODELS,
+    behaviour_data,
+    behaviour_datamodule,
+    behaviour_model,
+    train_and_test,
+)
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
-EPOCHS = 5
+EPOCHS = BEHAVIOUR_MODELS["SMCC"]["max_epochs"]
 MIN_IMAGE_AUROC = 0.95
 MIN_PIXEL_AUROC = 0.93
 MIN_AUPRO = 0.75
@@ -46,20 +50,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_smcc(root: Path, tmp_path: Path, lr: float) -> tuple[dict[str, float], SMCC]:
     seed_everything(0)
-    datamodule = behaviour_datamodule(root, train_batch_size=8)
-    model = SMCC(
-        backbone="efficientnet_lite0",
-        layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
-        pre_trained=True,
-        image_size=(SIZE, SIZE),
-        n_components=3,
-        memory_bank_images=8,
-        lr=lr,
-        features=FeatureConfig(fusion_layer_index=0),
-        training=TrainingConfig(weight_decay=0.0),  # see the module docstring
-        scoring=ScoringConfig(sigma=2.0),
-        visualizer=False,
-    )
+    datamodule = behaviour_datamodule(root, train_batch_size=BEHAVIOUR_MODELS["SMCC"]["train_batch_size"])
+    model = behaviour_model("SMCC", lr=lr)  # weight decay off: see the module docstring
     return train_and_test(model, datamodule, EPOCHS, tmp_path / f"lr_{lr}"), model
 
 
