@@ -2,7 +2,7 @@
 
 The data (``tests/helpers/behaviour.py``) has rotated, finer, blurred and warped stripes and both
 contrast polarities, all inside the normal intensity range, 12 defective and 12 normal test images
-(half of each to validation under anomalib's default split): the zero-learning baseline (distance to the
+(anomalib's default split also validates on them): the zero-learning baseline (distance to the
 mean training image) fails it, and so does the same FMGRD before training (frozen ImageNet teacher,
 random student). Measured 2026-12-03 (64 px, 16 training images, 5 epochs, 4 s of training), image/pixel
 AUROC and AUPRO through ``Engine.test``: 1.000/0.941/0.816, 1.000/0.932/0.794 and 1.000/0.927/0.785 for

@@ -94,9 +94,9 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
     #: INT8_PTQ quantises the convolutions and the restorer's ``MatMul``s (most of the weights and of the
     #: time); LayerNorm, softmax, the squared error and the map stay in float (see
     #: ``AnomalibExtModule._post_training_quantization_ov``). Quantising every type, as anomalib does, moved
-    #: the raw image scores of a model trained on the behaviour data by 0.58 of their f32 range (this: 0.045;
-    #: ``tests/integration/test_int8.py``), and on ELPV mono gave image AUROC 0.828 against this 0.838 (f32
-    #: 0.830; docs/deployment.md).
+    #: the raw image scores of a model trained on the behaviour data by 0.56 of their f32 range (this: 0.098;
+    #: ``tests/integration/test_int8.py``), and on ELPV mono, with the former CNN-only features, gave image
+    #: AUROC 0.828 against this 0.838 (f32 0.830; docs/deployment.md).
     int8_quantised_types = ("Convolution", "GroupConvolution", "MatMul")
 
     @group_arguments
