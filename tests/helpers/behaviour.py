@@ -224,11 +224,17 @@ def fit_and_test(model: torch.nn.Module, datamodule: object, epochs: int, result
     return {**metrics, "untrained_pixel_AUROC": untrained, "trained_pixel_AUROC": trained}
 
 
-def behaviour_datamodule(root: Path, train_batch_size: int) -> object:
-    """anomalib's ``MVTecAD`` on the behaviour data (all 24 evaluation images in one batch)."""
+def behaviour_datamodule(root: Path, train_batch_size: int, **split: Any) -> object:
+    """anomalib's ``MVTecAD`` on the behaviour data (all 24 evaluation images in one batch).
+
+    ``split`` goes to ``MVTecAD`` (``val_split_mode``, ``val_split_ratio``, ``seed``); without it,
+    anomalib's default: validation is the test set.
+    """
     from anomalib.data import MVTecAD
 
-    return MVTecAD(root=root, category=CATEGORY, train_batch_size=train_batch_size, eval_batch_size=24, num_workers=0)
+    return MVTecAD(
+        root=root, category=CATEGORY, train_batch_size=train_batch_size, eval_batch_size=24, num_workers=0, **split
+    )
 
 
 BEHAVIOUR_SIZE = 64

@@ -83,16 +83,7 @@ def split_datamodule(root: Path, train_batch_size: int) -> MVTecAD:
     anomalib's default (``val_split_mode="same_as_test"``) would calibrate INT8 on the very images it is
     compared on.
     """
-    return MVTecAD(
-        root=root,
-        category=CATEGORY,
-        train_batch_size=train_batch_size,
-        eval_batch_size=24,
-        num_workers=0,
-        val_split_mode="from_test",
-        val_split_ratio=0.5,
-        seed=0,
-    )
+    return behaviour_datamodule(root, train_batch_size, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
 
 
 @pytest.fixture(scope="module")
