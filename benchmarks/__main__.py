@@ -43,6 +43,32 @@ def _data_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
+def parse_model_args(pairs: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
+    """``["smcc:lr=0.0", "smcc:scoring.num_neighbors=1"]`` -> ``{"smcc": {"lr": 0.0, "scoring.num_neighbors": 1}}``.
+
+    Values are read as YAML (``1e-4``, ``[blocks.1, blocks.2]``, ``null``); keys are dotted paths into
+    the model's ``init_args``, as in its config file. Model names are lower-cased.
+
+    Raises:
+        argparse.ArgumentTypeError: A pair is not ``model:key=value`` or names a model not in ``models``.
+    """
+    import yaml
+
+    known = {name.lower() for name in models}
+    args: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, colon, assignment = pair.partition(":")
+        key, sep, value = assignment.partition("=")
+        if not colon or not sep or not name.strip() or not key.strip():
+            msg = f"--model-arg expects model:key=value (e.g. smcc:scoring.num_neighbors=1), got {pair!r}"
+            raise argparse.ArgumentTypeError(msg)
+        if name.strip().lower() not in known:
+            msg = f"--model-arg {pair!r} names {name.strip()}, which is not in --models ({', '.join(models)})"
+            raise argparse.ArgumentTypeError(msg)
+        args.setdefault(name.strip().lower(), {})[key.strip()] = yaml.safe_load(value)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(
@@ -84,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="schedule in optimiser steps: N for every model, or per model 'mldfr=300,Stfpm=500' (max_epochs=-1 "
         "unless --max-epochs also names the model: Lightning stops at the first reached)",
+    )
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        help="change one init argument of one model, model:key=value (repeatable; dotted keys reach into "
+        "groups, values are YAML): 'smcc:lr=0.0', 'mldfr:training.lr_step_interval=step'; the record keeps "
+        "the resulting init_args, so a changed value runs again",
     )
     parser.add_argument(
         "--curve-steps",
@@ -364,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         check_model_names({"--max-epochs": epochs, "--max-steps": steps}, models)
         categories = parse_categories(args.categories, datasets)
         data_args = _data_args(args.data_arg)
+        model_args = parse_model_args(args.model_arg, models)
     except (argparse.ArgumentTypeError, ValueError) as error:
         parser.error(str(error))
     profile = PROFILES[args.profile]
@@ -395,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         openvino=not args.no_openvino,
         int8=args.int8,
         data_args=data_args,
+        model_args=model_args,
     )
     started = datetime.now(timezone.utc)
     if args.report_only:

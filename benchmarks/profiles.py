@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -268,13 +269,44 @@ def schedule(
     return default_epochs, None
 
 
-def resolve_model(name: str, profile: Profile, epochs: int | None = None, steps: int | None = None) -> ModelSpec:
+def set_init_args(init_args: dict[str, Any], changes: dict[str, Any] | None, model: str) -> dict[str, Any]:
+    """A copy of ``init_args`` with each dotted key of ``changes`` set (``"scoring.num_neighbors"``).
+
+    Missing groups are created as mappings, which jsonargparse turns into the model's dataclass groups
+    as it does a config file's.
+
+    Raises:
+        ValueError: A key goes through a value that is not a mapping (naming the key, the model and the value).
+    """
+    result = copy.deepcopy(init_args)
+    for key, value in (changes or {}).items():
+        node = result
+        *groups, leaf = key.split(".")
+        for depth, group in enumerate(groups):
+            child = node.setdefault(group, {})
+            if not isinstance(child, dict):
+                where = ".".join(groups[: depth + 1])
+                msg = f"Model argument {key!r} of {model}: {where} is {child!r}, not a group of arguments."
+                raise ValueError(msg)  # noqa: TRY004 (a bad key on the command line, not a caller's type)
+            node = child
+        node[leaf] = value
+    return result
+
+
+def resolve_model(
+    name: str,
+    profile: Profile,
+    epochs: int | None = None,
+    steps: int | None = None,
+    init_changes: dict[str, Any] | None = None,
+) -> ModelSpec:
     """Turn a model name into a :class:`ModelSpec` under ``profile``.
 
     ``name`` is one of our models (its class name or short name, case-insensitive, read from
     ``configs/model/<short><suffix>.yaml``), an anomalib built-in (``Patchcore``), or a class path.
     ``epochs``/``steps`` override the schedule (see :func:`schedule`); a model whose
     ``trainer_arguments`` fix ``max_epochs`` (PaDiM, PatchCore: 1) keeps it, as anomalib's Engine would.
+    ``init_changes`` sets init arguments over the config's (dotted keys, :func:`set_init_args`).
 
     Raises:
         ValueError: If the name is unknown or our model's config is missing.
@@ -293,7 +325,7 @@ def resolve_model(name: str, profile: Profile, epochs: int | None = None, steps:
         return ModelSpec(
             name=ours[key],
             class_path=section["class_path"],
-            init_args=section["init_args"],
+            init_args=set_init_args(section["init_args"], init_changes, ours[key]),
             max_epochs=max_epochs,
             max_steps=max_steps,
             ours=True,
@@ -314,7 +346,7 @@ def resolve_model(name: str, profile: Profile, epochs: int | None = None, steps:
     return ModelSpec(
         name=class_name,
         class_path=class_path,
-        init_args=dict(profile.builtin_args.get(class_name, {})),
+        init_args=set_init_args(profile.builtin_args.get(class_name, {}), init_changes, class_name),
         max_epochs=max_epochs,
         max_steps=max_steps,
         ours=False,

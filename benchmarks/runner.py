@@ -96,6 +96,7 @@ def make_jobs(
     openvino: bool = True,
     int8: bool = False,
     data_args: dict[str, Any] | None = None,
+    model_args: dict[str, dict[str, Any]] | None = None,
 ) -> list[Job]:
     """All jobs, dataset-major, then category, then model, then seed (the order of the tables).
 
@@ -103,13 +104,24 @@ def make_jobs(
     ``epochs``/``steps`` override the schedule of every model (an int) or of some (``{"n2n": 6}``,
     lower-case names; see :func:`benchmarks.profiles.schedule`). ``curve_steps`` switches to the
     learning-curve mode: every job trains ``max(curve_steps)`` optimiser steps (``max_epochs=-1``) and
-    is evaluated at each listed step.
+    is evaluated at each listed step. ``model_args`` changes init arguments per model (lower-case
+    names; dotted keys, see :func:`benchmarks.profiles.resolve_model`).
     """
     jobs = []
     for dataset in datasets:
         for category in categories[dataset]:
             for name in models:
-                base = _make_job(name, dataset, category, profile, epochs, steps, curve_steps, data_args)
+                base = _make_job(
+                    name,
+                    dataset,
+                    category,
+                    profile,
+                    epochs,
+                    steps,
+                    curve_steps,
+                    data_args,
+                    (model_args or {}).get(name.lower()),
+                )
                 if base.spec:
                     base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
                 for seed in seeds.get(dataset, [0]) if isinstance(seeds, dict) else seeds:
@@ -127,11 +139,12 @@ def _make_job(
     steps: int | dict[str, int] | None,
     curve_steps: list[int] | None,
     data_args: dict[str, Any] | None,
+    model_args: dict[str, Any] | None = None,
 ) -> Job:
     """The job of a model on a category, without seed (its ``error`` set when it cannot be resolved)."""
     job = Job(model=name, dataset=dataset.rpartition(".")[2], category=category, profile=profile.name)
     try:
-        model = resolve_model(name, profile, _per_model(epochs, name), _per_model(steps, name))
+        model = resolve_model(name, profile, _per_model(epochs, name), _per_model(steps, name), model_args)
         data = resolve_data(dataset, category, profile, {**model.data_args, **(data_args or {})})
     except Exception as error:  # noqa: BLE001  (recorded as the job's error)
         job.error = f"{type(error).__name__}: {error}"

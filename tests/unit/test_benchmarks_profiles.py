@@ -11,6 +11,7 @@ from benchmarks.__main__ import (
     check_model_names,
     curve_timeout_warning,
     parse_categories,
+    parse_model_args,
     parse_per_model,
     parse_seeds,
     parse_steps,
@@ -150,6 +151,42 @@ def test_bad_schedules_steps_and_names_fail_with_the_option_and_value():
     with pytest.raises(argparse.ArgumentTypeError, match=r"--max-steps names fmgrd, which is not in --models"):
         check_model_names({"--max-steps": {"fmgrd": 3}}, ["Padim", "mldfr"])
     check_model_names({"--max-steps": {"mldfr": 3, "padim": 2}}, ["Padim", "MLDFR"])
+
+
+def test_model_args_change_init_arguments_of_the_named_model_only():
+    pairs = ["SMCC:lr=0.0", "smcc:scoring.num_neighbors=1", "smcc:layers=[blocks.1, blocks.4]"]
+    model_args = parse_model_args([*pairs, "Patchcore:num_neighbors=1"], ["smcc", "Patchcore", "Padim"])
+    assert model_args == {
+        "smcc": {"lr": 0.0, "scoring.num_neighbors": 1, "layers": ["blocks.1", "blocks.4"]},
+        "patchcore": {"num_neighbors": 1},
+    }
+    categories = {"DemoTextures": ["brick"]}
+    plain = make_jobs(["smcc", "Patchcore", "Padim"], ["DemoTextures"], categories, PROFILES["cpu"])
+    changed = make_jobs(
+        ["smcc", "Patchcore", "Padim"], ["DemoTextures"], categories, PROFILES["cpu"], model_args=model_args
+    )
+    smcc = changed[0].spec["model"]["init_args"]
+    assert smcc["lr"] == 0.0
+    assert smcc["layers"] == ["blocks.1", "blocks.4"]
+    # a group the config already sets keeps its other keys; one it does not set is created
+    assert smcc["features"] == plain[0].spec["model"]["init_args"]["features"]
+    assert smcc["scoring"] == {"num_neighbors": 1}
+    assert changed[1].spec["model"]["init_args"]["num_neighbors"] == 1
+    assert changed[1].spec["model"]["init_args"]["backbone"] == "efficientnet_lite0"
+    # a changed model runs again, the others keep their stored records
+    assert [a.settings != b.settings for a, b in zip(plain, changed, strict=True)] == [True, True, False]
+    assert "scoring" not in resolve_model("smcc", PROFILES["cpu"]).init_args  # the config is not modified
+
+
+def test_bad_model_args_name_the_pair_and_what_was_expected():
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expects model:key=value .* got 'smcc:lr'"):
+        parse_model_args(["smcc:lr"], ["smcc"])
+    with pytest.raises(argparse.ArgumentTypeError, match=r"got 'lr=0.1'"):
+        parse_model_args(["lr=0.1"], ["smcc"])
+    with pytest.raises(argparse.ArgumentTypeError, match=r"names fmgrd, which is not in --models \(smcc\)"):
+        parse_model_args(["fmgrd:lr=0.1"], ["smcc"])
+    with pytest.raises(ValueError, match=r"'lr.value' of SMCC: lr is 0.0001, not a group of arguments"):
+        resolve_model("smcc", PROFILES["cpu"], init_changes={"lr.value": 1})
 
 
 def test_seeds_give_one_job_each_with_the_seed_in_key_and_settings():
