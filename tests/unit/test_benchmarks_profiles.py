@@ -10,6 +10,7 @@ from benchmarks.__main__ import (
     DEFAULT_TIMEOUT_S,
     check_model_names,
     curve_timeout_warning,
+    main,
     parse_categories,
     parse_model_args,
     parse_per_model,
@@ -187,6 +188,27 @@ def test_bad_model_args_name_the_pair_and_what_was_expected():
         parse_model_args(["fmgrd:lr=0.1"], ["smcc"])
     with pytest.raises(ValueError, match=r"'lr.value' of SMCC: lr is 0.0001, not a group of arguments"):
         resolve_model("smcc", PROFILES["cpu"], init_changes={"lr.value": 1})
+
+
+class _StopError(Exception):
+    """Stops main() once the jobs would be made."""
+
+
+def test_the_command_line_hands_model_args_to_the_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys):
+    seen: dict = {}
+
+    def make_jobs_spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise _StopError
+
+    monkeypatch.setattr("benchmarks.runner.make_jobs", make_jobs_spy)
+    with pytest.raises(_StopError):
+        main(["--models", "smcc,Padim", "--model-arg", "smcc:lr=0.0", "--output", str(tmp_path)])
+    assert seen["model_args"] == {"smcc": {"lr": 0.0}}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--models", "smcc", "--model-arg", "fmgrd:lr=0.0", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "names fmgrd, which is not in --models (smcc)" in capsys.readouterr().err
 
 
 def test_seeds_give_one_job_each_with_the_seed_in_key_and_settings():
