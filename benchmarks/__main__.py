@@ -54,18 +54,16 @@ def parse_model_args(pairs: list[str], models: list[str]) -> dict[str, dict[str,
     """
     import yaml
 
-    known = {name.lower() for name in models}
     args: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         name, colon, assignment = pair.partition(":")
         key, sep, value = assignment.partition("=")
-        if not colon or not sep or not name.strip() or not key.strip():
+        name, key = name.strip().lower(), key.strip()
+        if not colon or not sep or not name or not key:
             msg = f"--model-arg expects model:key=value (e.g. smcc:scoring.num_neighbors=1), got {pair!r}"
             raise argparse.ArgumentTypeError(msg)
-        if name.strip().lower() not in known:
-            msg = f"--model-arg {pair!r} names {name.strip()}, which is not in --models ({', '.join(models)})"
-            raise argparse.ArgumentTypeError(msg)
-        args.setdefault(name.strip().lower(), {})[key.strip()] = yaml.safe_load(value)
+        args.setdefault(name, {})[key] = yaml.safe_load(value)
+    check_model_names({"--model-arg": args}, models)
     return args
 
 
@@ -292,7 +290,7 @@ def parse_seeds(seeds: str | None, seed: int, datasets: list[str] | None = None)
     return {dataset: chosen.get(dataset, [seed]) for dataset in (datasets or chosen)}
 
 
-def check_model_names(overrides: dict[str, int | dict[str, int] | None], models: list[str]) -> None:
+def check_model_names(overrides: dict[str, int | dict[str, Any] | None], models: list[str]) -> None:
     """Every per-model override names a model of ``--models`` (any case).
 
     Raises:
