@@ -18,7 +18,7 @@ def _count(module: torch.nn.Module) -> int:
     ("dim", "num_tokens", "expected"),
     [
         (736, 576, 52_510_336),  # paper: R18 + CaiT at 384 (6,510,800 per block x 8 + pos_embed)
-        (368, 256, 13_137_280),  # offline: Lite0 taps + stage-5 pair at 256
+        (368, 256, 13_137_280),  # Lite0 taps + the blocks.5.0 -> 5.3 pair at 256 (the offline pair until 2026-12-06)
         (176, 256, 3_039_616),  # offline CNN-only at 256
     ],
 )
@@ -35,6 +35,14 @@ def test_restorer_keeps_the_feature_map_shape() -> None:
     restorer = FeatureRestorer(dim=64, num_tokens=16, num_blocks=2)
     features = torch.rand(3, 64, 4, 4)
     assert restorer(features).shape == features.shape
+    assert isinstance(restorer.output_projection, torch.nn.Identity)
+
+
+def test_restorer_maps_to_a_wider_target() -> None:
+    # the offline pair blocks.5.0 -> blocks.6.0: 368 input channels, 496 target channels
+    restorer = FeatureRestorer(dim=368, num_tokens=16, num_blocks=1, out_dim=496)
+    assert restorer(torch.rand(2, 368, 4, 4)).shape == (2, 496, 4, 4)
+    assert _count(restorer.output_projection) == 368 * 496 + 496
 
 
 def test_restorer_is_identity_plus_pos_embed_when_branches_are_zeroed() -> None:

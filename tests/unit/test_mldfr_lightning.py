@@ -95,7 +95,7 @@ def test_paper_config_sets_only_the_paper_input_size() -> None:
 
 
 def test_cpu_config_keeps_the_benchmarked_settings() -> None:
-    # the benchmarked values (docs/benchmarks.md, MLDFR with the stage-5 deep pair since 2026-12-05)
+    # the benchmarked values (docs/benchmarks.md; the deep pair blocks.5.0 -> blocks.6.0 since 2026-12-06)
     config = yaml.safe_load((CONFIGS / "mldfr_cpu.yaml").read_text())
     init_args = config["model"]["init_args"]
     assert init_args["cnn_backbone"] == "efficientnet_lite0"
@@ -115,10 +115,11 @@ def test_cpu_config_keeps_the_benchmarked_settings() -> None:
         evaluator=False,
         visualizer=False,
     )
-    # the stage-5 pair (blocks.5.0 input side, blocks.5.3 target side) stands in for CaiT's blocks 5 -> 15
-    assert len(model.model.feature_extractor.deep_stage) == 4
+    # the pair blocks.5.0 (input side) -> blocks.6.0 (target side) stands in for CaiT's blocks 5 -> 15
+    assert len(model.model.feature_extractor.deep_stage) == 5
     assert model.model.feature_extractor.deep_input_blocks == 1
     assert model.model.feature_extractor.num_channels == 24 + 40 + 112 + 192
+    assert model.model.feature_extractor.target_channels == 24 + 40 + 112 + 320
     assert len(model.model.restorer.blocks) == 4
     assert model.model.feature_norm == "layernorm"
     assert model.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 1

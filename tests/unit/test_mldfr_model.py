@@ -39,15 +39,44 @@ def test_offline_taps_are_pooled_to_the_stride_16_grid(offline_model: MLDFRModel
     ]
     assert extractor.cnn_pool_steps == [2, 1, 0]
     f_in, f_tgt = extractor(torch.rand(2, 3, size, size))
-    # 24 + 40 + 112 low-level + 192 (stage-5 pair, upsampled x2) = 368
+    # 24 + 40 + 112 low-level + the deep pair upsampled x2: blocks.5.0 (192) in, blocks.6.0 (320) out
     assert extractor.num_channels == 24 + 40 + 112 + 192 == 368
-    assert f_in.shape == f_tgt.shape == (2, 368, grid, grid)
+    assert extractor.target_channels == 24 + 40 + 112 + 320 == 496
+    assert f_in.shape == (2, 368, grid, grid)
+    assert f_tgt.shape == (2, 496, grid, grid)
+    assert extractor.input_features(torch.rand(2, 3, size, size)).shape == f_in.shape
+    assert extractor.target_features(torch.rand(2, 3, size, size)).shape == f_tgt.shape
+
+
+def test_deep_pair_spans_stages_in_order() -> None:
+    # blocks.5.0 -> blocks.6.0 runs all four blocks of stage 5 and the one of stage 6
+    extractor = MultilevelFeatureExtractor(
+        **OFFLINE, input_size=(64, 64), pre_trained=False, config=FeatureConfig(deep_branch=True)
+    )
+    assert extractor.deep_input_blocks == 1
+    assert len(extractor.deep_stage) == 5
+    assert (extractor.deep_input_channels, extractor.deep_output_channels) == (192, 320)
+    same_stage = MultilevelFeatureExtractor(
+        **OFFLINE,
+        input_size=(64, 64),
+        pre_trained=False,
+        config=FeatureConfig(deep_branch=True, deep_target_tap="blocks.5.3"),
+    )
+    assert len(same_stage.deep_stage) == 4
+    assert same_stage.num_channels == same_stage.target_channels == 368
+    with pytest.raises(ValueError, match=r"deep_target_tap='blocks.4.0'.*input first"):
+        MultilevelFeatureExtractor(
+            **OFFLINE,
+            input_size=(64, 64),
+            pre_trained=False,
+            config=FeatureConfig(deep_branch=True, deep_input_tap="blocks.5.1", deep_target_tap="blocks.4.0"),
+        )
 
 
 def test_offline_low_level_channels_are_shared_and_deep_pair_differs(offline_model: MLDFRModel) -> None:
     f_in, f_tgt = offline_model.feature_extractor(torch.rand(1, 3, 64, 64))
     torch.testing.assert_close(f_in[:, :176], f_tgt[:, :176])
-    assert not torch.allclose(f_in[:, 176:], f_tgt[:, 176:])
+    assert f_in.shape[1] != f_tgt.shape[1]  # blocks.5.0 (192) against blocks.6.0 (320)
 
 
 def test_cnn_only_variant_has_176_channels() -> None:
@@ -60,7 +89,7 @@ def test_training_forward_returns_restored_and_target_features(offline_model: ML
     offline_model.train()
     images, damaged = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     restored, target = offline_model(images, damaged)
-    assert restored.shape == target.shape == (2, 368, 4, 4)
+    assert restored.shape == target.shape == (2, 496, 4, 4)
     assert restored.requires_grad
     assert not target.requires_grad
     with pytest.raises(ValueError, match="damaged"):
@@ -189,6 +218,14 @@ def test_score_against_input_compares_with_the_input_side() -> None:
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(target(images).anomaly_map, inputs(images).anomaly_map)
+
+
+def test_score_against_input_needs_a_pair_of_equal_widths() -> None:
+    kwargs = {**OFFLINE, "input_size": (64, 64), "pre_trained": False, "features": DEEP_BRANCH}
+    with pytest.raises(ValueError, match=r"score_against='input'.*496 channels.*368 channels"):
+        MLDFRModel(**kwargs, anomaly_map=AnomalyMapConfig(score_against="input"))
+    same_width = FeatureConfig(deep_branch=True, deep_target_tap="blocks.5.3")
+    MLDFRModel(**{**kwargs, "features": same_width}, anomaly_map=AnomalyMapConfig(score_against="input"))
 
 
 @pytest.mark.parametrize("layers", [[3, 1, 2], [1, 1, 3]])

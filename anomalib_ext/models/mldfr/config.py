@@ -46,10 +46,12 @@ class FeatureConfig:
             (public code).
         vit_input_block: A2: 1-based CaiT block of the damaged/test input side (paper 5).
         vit_target_block: A2: 1-based CaiT block of the intact target side (paper 15).
-        deep_branch: A31: offline stand-in for CaiT: a shallow/deep block pair of the CNN stage after the
+        deep_branch: A31: offline stand-in for CaiT: a shallow/deep block pair of the CNN stages after the
             last tap (not in the paper).
-        deep_input_tap: A31: input-side block of the deep branch (``"blocks.5.0"`` of EfficientNet-Lite).
-        deep_target_tap: A31: target-side block of the deep branch (``"blocks.5.3"``).
+        deep_input_tap: A31: input-side block of the deep branch, in the stage right after the last tap
+            (``"blocks.5.0"`` of EfficientNet-Lite).
+        deep_target_tap: A31: target-side block of the deep branch, in the same stage or a later one
+            (``"blocks.6.0"``, Lite's last block; the widths may differ).
         deep_upsample: A31: interpolation bringing the deep pair to the grid.
         feature_norm: A5: ``"none"`` (paper) or a parameter-free ``"layernorm"`` per token on both sides.
         normalize: A30: ImageNet normalisation inside the model (the damage works in [0, 1]).
@@ -64,7 +66,7 @@ class FeatureConfig:
     vit_target_block: int = 15
     deep_branch: bool = False
     deep_input_tap: str = "blocks.5.0"
-    deep_target_tap: str = "blocks.5.3"
+    deep_target_tap: str = "blocks.6.0"
     deep_upsample: Literal["bilinear", "bicubic", "nearest", "area"] = "bilinear"
     feature_norm: Literal["none", "layernorm"] = "none"
     normalize: bool = True

@@ -7,7 +7,9 @@ The fused features of an image concatenate, along channels and on the stride-16 
 2. an *asymmetric* deep pair: a shallow tap for the input side (the damaged image, or the test
    image) and a deep tap for the target side (the intact image, or the test image again). In the
    paper these are CaiT-XS24-384 blocks 5 and 15. Offline (no pretrained transformer, A31) they are
-   the first and last block of EfficientNet-Lite0's stage 5, upsampled x2 to the grid.
+   EfficientNet-Lite0's blocks 5.0 (192 channels) and 6.0 (320 channels), both at stride 32 and
+   upsampled x2 to the grid. The target side is then wider than the input side, and the restorer
+   ends in a linear map to the target's width.
 
 Either deep source can be switched off (``vit_backbone=None``, ``FeatureConfig.deep_branch=False``): with neither,
 this is the paper's CNN-only MLDFR (Table VII "R18 1+2+3"); with no CNN it is "CaiT 15-5".
@@ -24,8 +26,8 @@ Example:
     ...     pre_trained=False,
     ...     config=FeatureConfig(deep_branch=True))
     >>> f_in, f_tgt = extractor(torch.rand(1, 3, 64, 64))
-    >>> f_in.shape, extractor.num_channels, extractor.grid_size
-    (torch.Size([1, 368, 4, 4]), 368, (4, 4))
+    >>> f_in.shape, f_tgt.shape, extractor.num_channels, extractor.target_channels, extractor.grid_size
+    (torch.Size([1, 368, 4, 4]), torch.Size([1, 496, 4, 4]), 368, 496, (4, 4))
 
 See Also:
     - Spec: sections 2.1.2-2.1.4, 8 and assumptions A1, A2, A4, A31 of ``methods/mldfr.md``.
@@ -142,7 +144,8 @@ class MultilevelFeatureExtractor(nn.Module):
         self.input_size = tuple(int(side) for side in input_size)
         height, width = self.input_size
         self.grid_size = (height // 16, width // 16)
-        self.num_channels = 0
+        self.num_channels = 0  # input side; the target side differs by the deep pair's change of width
+        self.deep_input_channels = self.deep_output_channels = 0
 
         self.cnn: FeatureExtractor | None = None
         self.cnn_pool_steps: list[int] = []
@@ -160,7 +163,7 @@ class MultilevelFeatureExtractor(nn.Module):
             self.num_channels += sum(info.channels())
             if deep_branch:
                 self._build_deep_branch(info.module_name()[-1], config.deep_input_tap, config.deep_target_tap)
-                self.num_channels += self.deep_output_channels
+                self.num_channels += self.deep_input_channels
 
         self.vit: nn.Module | None = None
         if vit_backbone is not None:
@@ -187,6 +190,7 @@ class MultilevelFeatureExtractor(nn.Module):
                 raise ValueError(msg)
             self.grid_size = vit_grid
             self.num_channels += self.vit.embed_dim
+        self.target_channels = self.num_channels - self.deep_input_channels + self.deep_output_channels
         self.requires_grad_(False)
         self.eval()
 
@@ -194,22 +198,26 @@ class MultilevelFeatureExtractor(nn.Module):
         stage_name, input_index = _split_tap(input_tap)
         target_stage_name, target_index = _split_tap(target_tap)
         parent, _, stage_index = stage_name.rpartition(".")
+        target_parent, _, target_stage_index = target_stage_name.rpartition(".")
         last_parent, _, last_index = last_tap.rpartition(".")
         if (
-            target_stage_name != stage_name
-            or target_index < input_index
+            target_parent != parent
+            or (int(target_stage_index), target_index) < (int(stage_index), input_index)
             or parent != last_parent
             or int(stage_index) != int(last_index) + 1
         ):
             msg = (
                 f"deep_input_tap={input_tap!r} and deep_target_tap={target_tap!r} must be blocks (input first) "
-                f"of the stage right after the last CNN tap {last_tap!r}."
+                f"of the stages after the last CNN tap {last_tap!r}, the input in the stage right after it."
             )
             raise ValueError(msg)
         assert self.cnn is not None
         stages = self.cnn.feature_extractor.get_submodule(parent)
-        stage = stages[int(stage_index)]
-        self.deep_stage = nn.Sequential(*list(stage.children())[: target_index + 1])
+        blocks: list[nn.Module] = []
+        for index in range(int(stage_index), int(target_stage_index) + 1):
+            children = list(stages[index].children())
+            blocks.extend(children[: target_index + 1] if index == int(target_stage_index) else children)
+        self.deep_stage = nn.Sequential(*blocks)
         self.deep_input_blocks = input_index + 1
         # The CNN never needs the stages after its last tap: drop them so they are not computed.
         if isinstance(stages, nn.Sequential):
@@ -217,6 +225,7 @@ class MultilevelFeatureExtractor(nn.Module):
         self.deep_stage.eval()
         with torch.no_grad():
             probe = torch.zeros(1, self.cnn.feature_extractor.feature_info.channels()[-1], 4, 4)
+            self.deep_input_channels = int(self.deep_stage[: self.deep_input_blocks](probe).shape[1])
             self.deep_output_channels = int(self.deep_stage(probe).shape[1])
 
     def train(self, mode: bool = True) -> MultilevelFeatureExtractor:

@@ -4,7 +4,8 @@ The restorer takes the fused multilevel features of a (damaged or test) image as
 a learnable position encoding of the same size, and runs ``num_blocks`` pre-norm transformer blocks
 (eqs. 2-3 of the paper) with a learnable diagonal ``gamma`` (LayerScale) on the feed-forward branch.
 It has no class token, no final norm and no head: its output is compared directly with the
-features of the intact image.
+features of the intact image (a linear map to the target's width is added only where the target side
+is wider, as with the offline deep pair ``blocks.5.0 -> blocks.6.0``).
 
 Example:
     >>> import torch
@@ -112,6 +113,8 @@ class FeatureRestorer(nn.Module):
         restorer_dim: A6: ``None`` runs the blocks at width ``dim``; an integer adds a Linear
             ``dim -> restorer_dim`` before and ``restorer_dim -> dim`` after the blocks (not in the
             paper; only to make CPU runs cheaper).
+        out_dim: Width of the restored features (the target side's); ``None`` = ``dim``. A different
+            width adds a Linear to it after the blocks.
         **block_kwargs: Passed to every :class:`RestorationBlock`.
     """
 
@@ -123,6 +126,7 @@ class FeatureRestorer(nn.Module):
         pos_embed_init_std: float = 0.02,
         final_norm: bool = False,
         restorer_dim: int | None = None,
+        out_dim: int | None = None,
         **block_kwargs: float | int | bool | str,
     ) -> None:
         super().__init__()
@@ -132,13 +136,14 @@ class FeatureRestorer(nn.Module):
         self.blocks = nn.Sequential(*[RestorationBlock(width, **block_kwargs) for _ in range(num_blocks)])
         norm_eps = float(block_kwargs.get("norm_eps", 1e-6))
         self.norm = nn.LayerNorm(width, eps=norm_eps) if final_norm else nn.Identity()
-        self.output_projection = nn.Linear(width, dim) if restorer_dim else nn.Identity()
+        out_dim = out_dim or dim
+        self.output_projection = nn.Linear(width, out_dim) if restorer_dim or out_dim != width else nn.Identity()
         self.apply(_init_weights)
         trunc_normal_(self.pos_embed, std=pos_embed_init_std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Restore a ``(B, C, h, w)`` feature map (``h * w == num_tokens``); returns the same shape."""
-        batch, channels, height, width = features.shape
+        batch, _, height, width = features.shape
         tokens = self.input_projection(features.flatten(2).transpose(1, 2)) + self.pos_embed
         tokens = self.output_projection(self.norm(self.blocks(tokens)))
-        return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        return tokens.transpose(1, 2).reshape(batch, tokens.shape[-1], height, width)

@@ -89,8 +89,16 @@ class MLDFRModel(nn.Module):
             config=features,
         )
         grid_height, grid_width = self.feature_extractor.grid_size
+        input_width, target_width = self.feature_extractor.num_channels, self.feature_extractor.target_channels
+        if anomaly_map.score_against == "input" and input_width != target_width:
+            msg = (
+                f"anomaly_map.score_against='input' compares the restored features ({target_width} channels, the "
+                f"target side's) with the input side ({input_width} channels): use a deep pair of equal widths "
+                f"(features.deep_target_tap in the input's stage, e.g. 'blocks.5.3') or score_against='target'."
+            )
+            raise ValueError(msg)
         self.restorer = FeatureRestorer(
-            dim=self.feature_extractor.num_channels, num_tokens=grid_height * grid_width, **asdict(restorer)
+            dim=input_width, num_tokens=grid_height * grid_width, out_dim=target_width, **asdict(restorer)
         )
         self.anomaly_map_generator = AnomalyMapGenerator(
             input_size=self.input_size,
