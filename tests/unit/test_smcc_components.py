@@ -11,6 +11,7 @@ from anomalib_ext.models.smcc.centres import (
     WeightedDiagGMM,
     build_centre_set,
     default_coreset_alpha,
+    greedy_coreset,
     kmeanspp_seeds,
     sensitivities,
     sensitivity_coreset,
@@ -187,6 +188,31 @@ def test_kmeanspp_puts_one_seed_per_separated_blob_and_is_reproducible() -> None
     blobs = torch.cdist(seeds, offsets).argmin(dim=1)
     assert sorted(blobs.tolist()) == [0, 1, 2]
     assert torch.equal(seeds, kmeanspp_seeds(points, 3, torch.Generator().manual_seed(5)))
+
+
+def test_greedy_coreset_covers_every_blob_and_keeps_the_farthest_point_first() -> None:
+    generator = torch.Generator().manual_seed(1)
+    offsets = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [60.0, 60.0]])
+    points = torch.cat([offset + torch.randn(200, 2, generator=generator) for offset in offsets])
+    points = torch.cat([points[:600], points[600:][:20]])  # a small fourth blob: the coreset still covers it
+    indices = greedy_coreset(points, 4)
+    blobs = torch.cdist(points[indices], offsets).argmin(dim=1)
+    assert sorted(blobs.tolist()) == [0, 1, 2, 3]
+    assert indices[0] == (points - points.mean(0)).pow(2).sum(1).argmax()
+    assert torch.equal(indices, greedy_coreset(points, 4))  # no randomness: the same on every rank
+
+
+def test_greedy_coreset_minimises_the_covering_radius_greedily() -> None:
+    # k-centre greedy: every new point is the one farthest from those chosen, so the covering radius
+    # after each step equals the distance of the next chosen point
+    points = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    indices = greedy_coreset(points, 12)
+    assert len(set(indices.tolist())) == 12
+    for step in range(1, 12):
+        radius = torch.cdist(points, points[indices[:step]]).min(dim=1).values
+        assert radius.max() == pytest.approx(radius[indices[step]].item(), rel=1e-4)
+    with pytest.raises(ValueError, match=r"coreset size must be in \[1, 300\].*got 301"):
+        greedy_coreset(points, 301)
 
 
 def test_weighted_gmm_equals_the_unweighted_fit_on_repeated_rows() -> None:

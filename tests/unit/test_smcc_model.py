@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from anomalib_ext.models.smcc import SMCC
+from anomalib_ext.models.smcc.centres import greedy_coreset
 from anomalib_ext.models.smcc.config import ClusteringConfig, FeatureConfig, ScoringConfig, TrainingConfig
 from anomalib_ext.models.smcc.loss import SmccLoss
 from anomalib_ext.models.smcc.torch_model import SmccModel
@@ -74,6 +75,21 @@ def test_refresh_re_embeds_the_bank_images_in_eval_mode() -> None:
         expected = model.to_patches(model.eval().embed(images))
     assert torch.allclose(model.memory_bank, expected)
     assert not model.bank_stale
+
+
+def test_refresh_with_coreset_ratio_keeps_a_greedy_coreset_of_the_bank() -> None:
+    model = tiny_model(coreset_ratio=0.25)
+    images = torch.rand(2, 3, 32, 32)  # 2 x 16 patches at stride 8
+    model.set_memory(torch.zeros(5, 496), images)
+    model.refresh_memory()
+    with torch.no_grad():
+        full = model.to_patches(model.eval().embed(images))
+    assert torch.equal(model.memory_bank, full[greedy_coreset(full, 8)])
+    assert torch.equal(model.bank_images, images)  # the next refresh starts again from every patch
+    with pytest.raises(ValueError, match=r"coreset_ratio=0\.0 is invalid"):
+        ScoringConfig(coreset_ratio=0.0)
+    with pytest.raises(ValueError, match="needs refresh_bank=True"):
+        ScoringConfig(coreset_ratio=0.1, refresh_bank=False)
 
 
 def test_batchnorm_statistics_stay_frozen_while_the_backbone_adapts() -> None:

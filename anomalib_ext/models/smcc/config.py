@@ -155,6 +155,9 @@ class ScoringConfig:
         image_score_topk: A21: values averaged by ``"topk_mean"``.
         refresh_bank: A18: re-embed the bank images with the final weights before evaluation.
         knn_chunk_size: Memory-bank rows per k-NN chunk (bounds memory; no effect on the results).
+        coreset_ratio: Not in the paper: keep a k-centre greedy coreset of this fraction of the refreshed
+            bank's patches (anomalib PatchCore's selection); ``None`` = the whole bank (paper). Needs
+            ``refresh_bank``.
     """
 
     num_neighbors: int = 3
@@ -164,9 +167,16 @@ class ScoringConfig:
     image_score_topk: int = 10
     refresh_bank: bool = True
     knn_chunk_size: int = 16384
+    coreset_ratio: float | None = None
 
     def __post_init__(self) -> None:
         _check_choices(self)
         if self.num_neighbors < 1 or self.knn_chunk_size < 1:
             msg = f"num_neighbors and knn_chunk_size must be >= 1, got {self.num_neighbors}, {self.knn_chunk_size}"
+            raise ValueError(msg)
+        if self.coreset_ratio is not None and not 0 < self.coreset_ratio <= 1:
+            msg = f"coreset_ratio={self.coreset_ratio} is invalid: expected a fraction of the bank in (0, 1] or None."
+            raise ValueError(msg)
+        if self.coreset_ratio is not None and not self.refresh_bank:
+            msg = "coreset_ratio is applied when the bank is refreshed: it needs refresh_bank=True."
             raise ValueError(msg)

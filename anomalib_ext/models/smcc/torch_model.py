@@ -25,6 +25,7 @@ from torch import nn
 from anomalib_ext.backbones import FeatureExtractor
 from anomalib_ext.models.components import AnomalyScorer
 
+from .centres import greedy_coreset
 from .config import FeatureConfig, ScoringConfig
 from .fusion import MultiLayerFusion
 
@@ -80,6 +81,7 @@ class SmccModel(DynamicBufferMixin, nn.Module):
         self.image_score = scoring.image_score
         self.image_score_topk = scoring.image_score_topk
         self.knn_chunk_size = scoring.knn_chunk_size
+        self.coreset_ratio = scoring.coreset_ratio
         self.freeze_bn_stats = features.freeze_bn_stats
         # the map is smoothed and its max is the score as in every model of the package; "max_patch" and
         # "topk_mean" (A21, a count of values, not a fraction) replace the score in forward
@@ -174,7 +176,9 @@ class SmccModel(DynamicBufferMixin, nn.Module):
             self.set_memory(patches[: n_images * per_image], images[:n_images])
             return True
         kept = self.bank_images.shape[0] if self.bank_images.shape[1:] == images.shape[1:] else 0
-        if kept * per_image != self.memory_bank.shape[0]:  # the bank's images are not here (a resumed run)
+        if kept * per_image != self.memory_bank.shape[0]:
+            # a resumed run (the bank's images are not here) or a coreset bank (not whole images): the bank
+            # restarts from this batch; refreshes come at epoch ends, when it holds the latest images again
             kept = 0
         bank_images = torch.cat([self.bank_images[:kept], images.detach()])[-n_images:]
         bank = torch.cat([self.memory_bank[: kept * per_image], patches.detach()])[-n_images * per_image :]
@@ -183,14 +187,22 @@ class SmccModel(DynamicBufferMixin, nn.Module):
 
     @torch.no_grad()
     def refresh_memory(self, images: torch.Tensor | None = None, batch_size: int = 16) -> None:
-        """Re-embed the bank images with the current weights in eval mode (A18)."""
+        """Re-embed the bank images with the current weights in eval mode (A18), then keep its coreset.
+
+        With ``scoring.coreset_ratio`` the bank keeps a k-centre greedy coreset of that fraction of the
+        patches (:func:`~anomalib_ext.models.smcc.centres.greedy_coreset`); ``bank_images`` keep all
+        images, so the next refresh starts again from all their patches.
+        """
         images = self.bank_images if images is None else images
         was_training = self.training
         self.eval()
         starts = range(0, images.shape[0], batch_size)
         patches = [self.to_patches(self.embed(images[i : i + batch_size])) for i in starts]
         self.train(was_training)
-        self.memory_bank = torch.cat(patches)
+        bank = torch.cat(patches)
+        if self.coreset_ratio is not None:
+            bank = bank[greedy_coreset(bank, max(1, int(self.coreset_ratio * bank.shape[0])))]
+        self.memory_bank = bank
         self.bank_images = images.detach().clone()
         self.bank_stale = False
 
