@@ -155,10 +155,16 @@ def test_bad_schedules_steps_and_names_fail_with_the_option_and_value():
 
 
 def test_model_args_change_init_arguments_of_the_named_model_only():
-    pairs = ["SMCC:lr=0.0", "smcc:scoring.num_neighbors=1", "smcc:layers=[blocks.1, blocks.4]"]
+    pairs = ["SMCC:lr=0.0", "smcc:scoring.num_neighbors=1", "smcc:training.weight_decay=0.0"]
+    pairs += ["smcc:layers=[blocks.1, blocks.4]"]
     model_args = parse_model_args([*pairs, "Patchcore:num_neighbors=1"], ["smcc", "Patchcore", "Padim"])
     assert model_args == {
-        "smcc": {"lr": 0.0, "scoring.num_neighbors": 1, "layers": ["blocks.1", "blocks.4"]},
+        "smcc": {
+            "lr": 0.0,
+            "scoring.num_neighbors": 1,
+            "training.weight_decay": 0.0,
+            "layers": ["blocks.1", "blocks.4"],
+        },
         "patchcore": {"num_neighbors": 1},
     }
     categories = {"DemoTextures": ["brick"]}
@@ -171,12 +177,14 @@ def test_model_args_change_init_arguments_of_the_named_model_only():
     assert smcc["layers"] == ["blocks.1", "blocks.4"]
     # a group the config already sets keeps its other keys; one it does not set is created
     assert smcc["features"] == plain[0].spec["model"]["init_args"]["features"]
-    assert smcc["scoring"] == {"num_neighbors": 1}
+    assert smcc["scoring"] == {**plain[0].spec["model"]["init_args"]["scoring"], "num_neighbors": 1}
+    assert len(smcc["scoring"]) > 1  # the config sets scoring.coreset_ratio
+    assert smcc["training"] == {"weight_decay": 0.0}
     assert changed[1].spec["model"]["init_args"]["num_neighbors"] == 1
     assert changed[1].spec["model"]["init_args"]["backbone"] == "efficientnet_lite0"
     # a changed model runs again, the others keep their stored records
     assert [a.settings != b.settings for a, b in zip(plain, changed, strict=True)] == [True, True, False]
-    assert "scoring" not in resolve_model("smcc", PROFILES["cpu"]).init_args  # the config is not modified
+    assert "num_neighbors" not in resolve_model("smcc", PROFILES["cpu"]).init_args["scoring"]  # config unchanged
 
 
 def test_bad_model_args_name_the_pair_and_what_was_expected():
