@@ -77,6 +77,15 @@ def test_offline_low_level_channels_are_shared_and_deep_pair_differs(offline_mod
     f_in, f_tgt = offline_model.feature_extractor(torch.rand(1, 3, 64, 64))
     torch.testing.assert_close(f_in[:, :176], f_tgt[:, :176])
     assert f_in.shape[1] != f_tgt.shape[1]  # blocks.5.0 (192) against blocks.6.0 (320)
+    same_width = MultilevelFeatureExtractor(
+        **OFFLINE,
+        input_size=(64, 64),
+        pre_trained=False,
+        config=FeatureConfig(deep_branch=True, deep_target_tap="blocks.5.3"),
+    )
+    f_in, f_tgt = same_width(torch.rand(1, 3, 64, 64))
+    torch.testing.assert_close(f_in[:, :176], f_tgt[:, :176])
+    assert not torch.allclose(f_in[:, 176:], f_tgt[:, 176:])
 
 
 def test_cnn_only_variant_has_176_channels() -> None:
