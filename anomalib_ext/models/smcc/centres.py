@@ -62,6 +62,7 @@ def greedy_coreset(points: torch.Tensor, size: int) -> torch.Tensor:
     current = (points - points.mean(0)).pow(2).sum(1).argmax()
     selected = [current]
     nearest = torch.full_like(norms, float("inf"))
+    # the norms once, not per step: squared_distances() would recompute them over the whole bank each time
     for _ in range(size - 1):
         distances = norms - 2.0 * (points @ points[current]) + norms[current]
         nearest = torch.minimum(nearest, distances)
