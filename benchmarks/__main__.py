@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also export FP16 and INT8 (NNCF post-training quantisation calibrated on the training images) "
         "and measure their OpenVINO latency and test-set image AUROC beside f32",
     )
+    parser.add_argument(
+        "--int8-types",
+        default=None,
+        help="with --int8, the OpenVINO operation types the INT8 export quantises, per model of this package: "
+        "'smcc=Convolution+GroupConvolution,mldfr=all' ('all': every type NNCF quantises); replaces the "
+        "model's int8_quantised_types for the run, everything else stays in float (for finding which "
+        "operations lose accuracy in 8 bits)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="run again the jobs whose stored record failed")
     parser.add_argument("--force", action="store_true", help="ignore stored records, run everything again")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the stored records")
@@ -221,6 +229,51 @@ def parse_per_model(text: str | None, option: str = "--max-epochs") -> int | dic
 
 
 parse_epochs = parse_per_model
+
+
+def parse_int8_types(text: str | None, models: list[str], int8: bool) -> dict[str, list[str] | None] | None:
+    """``"smcc=Convolution+MatMul,mldfr=all"`` -> ``{"smcc": ["Convolution", "MatMul"], "mldfr": None}``.
+
+    ``all`` (``None``) lets NNCF quantise every type it can, as anomalib's export does; the model's own
+    ``int8_quantised_types`` is replaced either way. Only this package's models have that attribute.
+
+    Raises:
+        argparse.ArgumentTypeError: Without ``--int8``; a part is not ``name=Type+Type``; a name is not one
+            of this package's models in ``models``; a type is not one NNCF quantises (the message lists them).
+    """
+    from anomalib_ext.models.components.base import QUANTISED_TYPES
+    from benchmarks.profiles import our_models
+
+    if not text:
+        return None
+    if not int8:
+        msg = "--int8-types changes the INT8 export: add --int8"
+        raise argparse.ArgumentTypeError(msg)
+    ours = our_models()
+    chosen: dict[str, list[str] | None] = {}
+    for part in _split(text):
+        name, sep, value = part.partition("=")
+        name = name.strip().lower()
+        if not sep or not name or not value.strip():
+            msg = f"--int8-types expects name=Type+Type or name=all, got {part!r} in {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        if name not in ours:
+            msg = f"--int8-types names {name!r}: only this package's models ({', '.join(sorted(ours))}) take it"
+            raise argparse.ArgumentTypeError(msg)
+        types = [t.strip() for t in value.split("+") if t.strip()]
+        if types == ["all"]:
+            chosen[name] = None
+            continue
+        unknown = sorted(set(types) - QUANTISED_TYPES)
+        if unknown:
+            msg = (
+                f"--int8-types: {', '.join(unknown)} for {name} is not an operation type NNCF quantises "
+                f"(one of {', '.join(sorted(QUANTISED_TYPES))}, or 'all')"
+            )
+            raise argparse.ArgumentTypeError(msg)
+        chosen[name] = types
+    check_model_names({"--int8-types": chosen}, models)
+    return chosen
 
 
 def curve_timeout_warning(curve_steps: list[int] | None, timeout_s: float) -> str | None:
@@ -397,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         categories = parse_categories(args.categories, datasets)
         data_args = _data_args(args.data_arg)
         model_args = parse_model_args(args.model_arg, models)
+        int8_types = parse_int8_types(args.int8_types, models, args.int8)
     except (argparse.ArgumentTypeError, ValueError) as error:
         parser.error(str(error))
     profile = PROFILES[args.profile]
@@ -429,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         int8=args.int8,
         data_args=data_args,
         model_args=model_args,
+        int8_types=int8_types,
     )
     started = datetime.now(timezone.utc)
     if args.report_only:

@@ -97,6 +97,7 @@ def make_jobs(
     int8: bool = False,
     data_args: dict[str, Any] | None = None,
     model_args: dict[str, dict[str, Any]] | None = None,
+    int8_types: dict[str, list[str] | None] | None = None,
 ) -> list[Job]:
     """All jobs, dataset-major, then category, then model, then seed (the order of the tables).
 
@@ -105,7 +106,8 @@ def make_jobs(
     lower-case names; see :func:`benchmarks.profiles.schedule`). ``curve_steps`` switches to the
     learning-curve mode: every job trains ``max(curve_steps)`` optimiser steps (``max_epochs=-1``) and
     is evaluated at each listed step. ``model_args`` changes init arguments per model (lower-case
-    names; dotted keys, see :func:`benchmarks.profiles.resolve_model`).
+    names; dotted keys, see :func:`benchmarks.profiles.resolve_model`). ``int8_types`` replaces the
+    ``int8_quantised_types`` of the models it names (lower-case; ``None``: every type) for the INT8 export.
     """
     jobs = []
     for dataset in datasets:
@@ -124,6 +126,8 @@ def make_jobs(
                 )
                 if base.spec:
                     base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
+                    if int8_types and name.lower() in int8_types:
+                        base.spec["int8_types"] = int8_types[name.lower()]
                 for seed in seeds.get(dataset, [0]) if isinstance(seeds, dict) else seeds:
                     spec = {**base.spec, "seed": seed} if base.spec else {}
                     jobs.append(dataclasses.replace(base, seed=seed, spec=spec))

@@ -466,6 +466,22 @@ def calibration_datamodule(datamodule: Any) -> Any:
     return calibration
 
 
+def apply_int8_types(model: Any, job: dict[str, Any], record: dict[str, Any]) -> None:
+    """Give ``model``'s class the job's ``int8_types`` (``--int8-types``) and record what the INT8 export quantises.
+
+    The package's quantiser (``AnomalibExtModule._post_training_quantization_ov``) is a classmethod
+    reading ``int8_quantised_types``, so the class attribute is set; a worker runs one job. anomalib's
+    models have no such attribute (their export quantises every type) and get no record entry.
+    """
+    cls = type(model)
+    if "int8_types" in job:
+        types = job["int8_types"]
+        cls.int8_quantised_types = None if types is None else tuple(types)
+    if hasattr(cls, "int8_quantised_types"):
+        types = cls.int8_quantised_types
+        record["int8_quantised_types"] = "all" if types is None else "+".join(types)
+
+
 def export_openvino(
     engine: Any,
     model: Any,
@@ -513,6 +529,7 @@ def export_openvino(
         return
     if not job.get("int8"):
         return
+    apply_int8_types(model, job, record)
     for label, compression in (("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ)):
         progress.write(f"export (OpenVINO {label})")
         save_partial(job, record)

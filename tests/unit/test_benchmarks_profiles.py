@@ -12,6 +12,7 @@ from benchmarks.__main__ import (
     curve_timeout_warning,
     main,
     parse_categories,
+    parse_int8_types,
     parse_model_args,
     parse_per_model,
     parse_seeds,
@@ -195,6 +196,34 @@ def test_bad_model_args_name_the_pair_and_what_was_expected():
         parse_model_args(["fmgrd:lr=0.1"], ["smcc"])
     with pytest.raises(ValueError, match=r"'lr.value' of SMCC: lr is 0.0001, not a group of arguments"):
         resolve_model("smcc", PROFILES["cpu"], init_changes={"lr.value": 1})
+
+
+def test_int8_types_reach_the_named_models_jobs_only():
+    types = parse_int8_types("SMCC=Convolution+GroupConvolution, mldfr=all", ["smcc", "mldfr", "Padim"], int8=True)
+    assert types == {"smcc": ["Convolution", "GroupConvolution"], "mldfr": None}
+    categories = {"DemoTextures": ["brick"]}
+    plain = make_jobs(["smcc", "mldfr", "Padim"], ["DemoTextures"], categories, PROFILES["cpu"], int8=True)
+    changed = make_jobs(
+        ["smcc", "mldfr", "Padim"], ["DemoTextures"], categories, PROFILES["cpu"], int8=True, int8_types=types
+    )
+    assert changed[0].spec["int8_types"] == ["Convolution", "GroupConvolution"]
+    assert changed[1].spec["int8_types"] is None
+    assert "int8_types" not in changed[2].spec
+    assert [a.settings != b.settings for a, b in zip(plain, changed, strict=True)] == [True, True, False]
+    assert parse_int8_types(None, ["smcc"], int8=False) is None
+
+
+def test_bad_int8_types_name_the_value_and_what_was_expected():
+    with pytest.raises(argparse.ArgumentTypeError, match=r"add --int8"):
+        parse_int8_types("smcc=all", ["smcc"], int8=False)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expects name=Type\+Type or name=all, got 'smcc'"):
+        parse_int8_types("smcc", ["smcc"], int8=True)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"names 'padim': only this package's models"):
+        parse_int8_types("Padim=MatMul", ["Padim"], int8=True)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"Conv for smcc is not .* \(one of Convolution, "):
+        parse_int8_types("smcc=Conv+MatMul", ["smcc"], int8=True)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"names fmgrd, which is not in --models \(smcc\)"):
+        parse_int8_types("fmgrd=all", ["smcc"], int8=True)
 
 
 class _StopError(Exception):

@@ -14,6 +14,7 @@ from anomalib_ext.post_processing import OrderPreservingPostProcessor
 from benchmarks.profiles import CONFIG_DIR, PROFILES, read_model_config, resolve_model
 from benchmarks.worker import (
     CoresetPatchLimit,
+    apply_int8_types,
     build_datamodule,
     build_model,
     calibration_datamodule,
@@ -123,6 +124,31 @@ def test_int8_calibration_reads_training_images_not_the_test_set():
     calibration = calibration_datamodule(datamodule)
     assert calibration.val_data == "train"
     assert datamodule.val_data == "test"
+
+
+def test_int8_types_of_the_job_replace_what_the_model_class_quantises():
+    from anomalib_ext.models import SMCC
+
+    class Ours(SMCC):  # a throwaway subclass: the worker sets the class attribute the quantiser reads
+        pass
+
+    class Anomalibs:  # anomalib's models have no int8_quantised_types
+        pass
+
+    record: dict = {}
+    apply_int8_types(Ours.__new__(Ours), {"int8_types": ["Convolution", "GroupConvolution"]}, record)
+    assert Ours.int8_quantised_types == ("Convolution", "GroupConvolution")
+    assert record["int8_quantised_types"] == "Convolution+GroupConvolution"
+    assert SMCC.int8_quantised_types == ("Convolution", "GroupConvolution", "MatMul")  # the real class untouched
+    apply_int8_types(Ours.__new__(Ours), {"int8_types": None}, record)
+    assert Ours.int8_quantised_types is None
+    assert record["int8_quantised_types"] == "all"
+    record = {}
+    apply_int8_types(SMCC.__new__(SMCC), {}, record)  # not named: the model's own choice, recorded
+    assert record["int8_quantised_types"] == "Convolution+GroupConvolution+MatMul"
+    record = {}
+    apply_int8_types(Anomalibs(), {}, record)
+    assert record == {}
 
 
 def test_validation_when_needed_holds_out_training_images_never_test_images(tmp_path: Path):
