@@ -30,6 +30,23 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _name_values(text: str, option: str, expected: str) -> list[tuple[str, str]]:
+    """``"n2n=6, Stfpm=5"`` -> ``[("n2n", "6"), ("Stfpm", "5")]``: the comma-separated ``name=value`` parts.
+
+    Raises:
+        argparse.ArgumentTypeError: A part has no ``=``, no name or no value (the message names ``option``,
+            the part and ``expected``, the accepted form).
+    """
+    pairs = []
+    for part in _split(text):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            msg = f"{option} expects {expected}, got {part!r} in {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
 def _data_args(pairs: list[str]) -> dict[str, Any]:
     import yaml
 
@@ -218,14 +235,7 @@ def parse_per_model(text: str | None, option: str = "--max-epochs") -> int | dic
 
     if "=" not in text:
         return number(text)
-    values = {}
-    for part in _split(text):
-        name, sep, value = part.partition("=")
-        if not sep:
-            msg = f"{option} expects N or name=N,name=N, got {part!r} in {text!r}"
-            raise argparse.ArgumentTypeError(msg)
-        values[name.strip().lower()] = number(value, name.strip())
-    return values
+    return {name.lower(): number(value, name) for name, value in _name_values(text, option, "N or name=N,name=N")}
 
 
 parse_epochs = parse_per_model
@@ -251,12 +261,8 @@ def parse_int8_types(text: str | None, models: list[str], int8: bool) -> dict[st
         raise argparse.ArgumentTypeError(msg)
     ours = our_models()
     chosen: dict[str, list[str] | None] = {}
-    for part in _split(text):
-        name, sep, value = part.partition("=")
-        name = name.strip().lower()
-        if not sep or not name or not value.strip():
-            msg = f"--int8-types expects name=Type+Type or name=all, got {part!r} in {text!r}"
-            raise argparse.ArgumentTypeError(msg)
+    for given, value in _name_values(text, "--int8-types", "name=Type+Type or name=all"):
+        name = given.lower()
         if name not in ours:
             msg = f"--int8-types names {name!r}: only this package's models ({', '.join(sorted(ours))}) take it"
             raise argparse.ArgumentTypeError(msg)

@@ -211,6 +211,14 @@ def test_int8_types_reach_the_named_models_jobs_only():
     assert "int8_types" not in changed[2].spec
     assert [a.settings != b.settings for a, b in zip(plain, changed, strict=True)] == [True, True, False]
     assert parse_int8_types(None, ["smcc"], int8=False) is None
+    # nothing is exported without OpenVINO: the types must not make those jobs differ (and run again)
+    no_export = {"int8": True, "openvino": False}
+    assert [
+        job.settings for job in make_jobs(["smcc"], ["DemoTextures"], categories, PROFILES["cpu"], **no_export)
+    ] == [
+        job.settings
+        for job in make_jobs(["smcc"], ["DemoTextures"], categories, PROFILES["cpu"], int8_types=types, **no_export)
+    ]
 
 
 def test_bad_int8_types_name_the_value_and_what_was_expected():
