@@ -61,7 +61,7 @@ def test_offline_config_uses_efficientnet_lite0(project_root: Path) -> None:
     assert args["backbone"] == "efficientnet_lite0"
     assert args["layers"] == ["blocks.2", "blocks.4"]
     assert args["features"] == {"aggregation_kernel": 3}
-    assert "scoring" not in args  # the whole bank: the 5% coreset lost 0.036 on 800 ELPV images (README)
+    assert args["scoring"] == {"coreset_ratio": 0.05}  # PatchCore's bank selection (README, "Coreset")
     assert args["image_size"] == [256, 256]
     assert args["memory_bank_images"] == 64  # four batches: the bank spans batches
     assert args["lr"] == 1e-4  # a float (PyYAML reads 1e-4 without a dot as a string)
@@ -73,7 +73,7 @@ def test_offline_config_builds_the_model(project_root: Path) -> None:
     parsed = parse(args)
     assert parsed["features"] == FeatureConfig(aggregation_kernel=3)
     model = SMCC(**parsed)
-    assert model.model.coreset_ratio is None
+    assert model.model.coreset_ratio == 0.05
     assert model.input_size == tuple(args["image_size"])
     assert model.model.fusion.out_channels == 40 + 112
     assert model.model.fusion.target_index == 0
