@@ -126,7 +126,7 @@ def make_jobs(
                 )
                 if base.spec:
                     base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
-                    if int8 and openvino and int8_types and name.lower() in int8_types:
+                    if base.spec["int8"] and int8_types and name.lower() in int8_types:
                         base.spec["int8_types"] = int8_types[name.lower()]
                 for seed in seeds.get(dataset, [0]) if isinstance(seeds, dict) else seeds:
                     spec = {**base.spec, "seed": seed} if base.spec else {}
