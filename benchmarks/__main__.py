@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "max(steps) optimiser steps and is evaluated on the test set at each (for choosing schedules)",
     )
     parser.add_argument(
+        "--curve-runs",
+        default=None,
+        help="learning curve of separate runs, for a model whose schedule depends on its length (RB-AE's "
+        "phases): comma-separated step counts, e.g. 200,400,725; one job per count, each the job of "
+        "--max-steps COUNT. Models named in --max-epochs/--max-steps, and PaDiM/PatchCore, run once as "
+        "references (dashed lines on the curve chart)",
+    )
+    parser.add_argument(
         "--seeds",
         default=None,
         help="seeds, one job per seed: 0,1,2 for every dataset, or per dataset 'DemoTextures:0+1+2;ELPV:0' "
@@ -298,23 +306,47 @@ def curve_timeout_warning(curve_steps: list[int] | None, timeout_s: float) -> st
     )
 
 
-def parse_steps(text: str | None) -> list[int] | None:
+def parse_steps(text: str | None, option: str = "--curve-steps") -> list[int] | None:
     """``"50,100,200"`` -> ``[50, 100, 200]`` (sorted, unique).
 
     Raises:
-        argparse.ArgumentTypeError: A step is not a positive integer.
+        argparse.ArgumentTypeError: A step is not a positive integer (the message names ``option``).
     """
     if not text:
         return None
+    msg = f"{option} expects comma-separated positive integers, got {text!r}"
     try:
         steps = sorted({int(part) for part in _split(text)})
     except ValueError as error:
-        msg = f"--curve-steps expects comma-separated positive integers, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from error
     if not steps or steps[0] <= 0:
-        msg = f"--curve-steps expects comma-separated positive integers, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return steps
+
+
+def check_curve_runs(
+    curve_runs: list[int] | None,
+    curve_steps: list[int] | None,
+    epochs: int | dict[str, int] | None,
+    steps: int | dict[str, int] | None,
+) -> None:
+    """Refuse ``--curve-runs`` beside ``--curve-steps`` or beside one schedule for every model.
+
+    Raises:
+        argparse.ArgumentTypeError: Naming the options that conflict.
+    """
+    if not curve_runs:
+        return
+    if curve_steps:
+        msg = "--curve-runs and --curve-steps are two kinds of learning curve: give one of them."
+        raise argparse.ArgumentTypeError(msg)
+    for option, value in (("--max-epochs", epochs), ("--max-steps", steps)):
+        if isinstance(value, int):
+            msg = (
+                f"--curve-runs sets the steps of every run; {option} {value} for every model contradicts it "
+                f"(name models, '{option} Stfpm=10', to keep them at one schedule as references)."
+            )
+            raise argparse.ArgumentTypeError(msg)
 
 
 def parse_seeds(seeds: str | None, seed: int, datasets: list[str] | None = None) -> list[int] | dict[str, list[int]]:
@@ -451,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs = parse_per_model(args.max_epochs, "--max-epochs")
         steps = parse_per_model(args.max_steps, "--max-steps")
         curve_steps = parse_steps(args.curve_steps)
+        curve_runs = parse_steps(args.curve_runs, "--curve-runs")
+        check_curve_runs(curve_runs, curve_steps, epochs, steps)
         seeds = parse_seeds(args.seeds, args.seed, datasets)
         check_model_names({"--max-epochs": epochs, "--max-steps": steps}, models)
         categories = parse_categories(args.categories, datasets)
@@ -485,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=epochs,
         steps=steps,
         curve_steps=curve_steps,
+        curve_runs=curve_runs,
         openvino=not args.no_openvino,
         int8=args.int8,
         data_args=data_args,
@@ -496,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         records = [r for r in (load_record(output / "records" / f"{job.key}.json") for job in jobs) if r]
     else:
         output.mkdir(parents=True, exist_ok=True)
-        info = {"curve_steps": curve_steps, "started_at": started.isoformat(timespec="seconds")}
+        info = {
+            "curve_steps": curve_steps,
+            "curve_runs": curve_runs,
+            "started_at": started.isoformat(timespec="seconds"),
+        }
         write_run_info(output, profile, seeds, args.threads, argv, **info)
         console.print(
             f"benchmark: {len(jobs)} jobs, seeds {seeds}, profile {profile.name}, output {output}",

@@ -6,7 +6,9 @@
   then its mean and standard deviation over seeds. Only the seeds for which the model finished every
   category count, so each number averages the same categories.
 - :func:`curve_frame` and :func:`curve_statistics`: the learning-curve points of the records, and
-  their mean and standard deviation over seeds per listed step.
+  their mean and standard deviation over seeds per listed step. A learning curve of separate runs
+  (``--curve-runs``) is made of records marked ``curve_run_steps``: in the tables each is a model of
+  its own, ``"RBAE (400 steps)"``; on the curve each is the point at its step count.
 
 The standard deviation is the sample one (``ddof=1``), undefined (NaN) for a single seed.
 
@@ -30,7 +32,7 @@ import pandas as pd
 
 FIRST_COLUMNS = ["dataset", "category", "model", "seed", "profile", "error", "export_error"]
 #: Columns that identify a job or describe it without being a measurement.
-NOT_MEASURED = {"seed", "settings_hash", "wall_time_s_total"}
+NOT_MEASURED = {"seed", "settings_hash", "wall_time_s_total", "curve_run_steps"}
 #: Training quantities a model may log, in the order a curve prefers them.
 LOSS_KEYS = ("train_loss_step", "train_loss", "train_loss_epoch")
 
@@ -38,6 +40,10 @@ LOSS_KEYS = ("train_loss_step", "train_loss", "train_loss_epoch")
 def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Records as a table, identity columns first, in the order given (learning curves left out)."""
     frame = pd.DataFrame([{k: v for k, v in record.items() if k != "curve"} for record in records])
+    if "curve_run_steps" in frame:  # a point of a curve of separate runs is a model of its own in the tables
+        runs = frame["curve_run_steps"].notna()
+        labels = zip(frame["model"][runs], frame["curve_run_steps"][runs], strict=True)
+        frame.loc[runs, "model"] = [f"{model} ({int(steps)} steps)" for model, steps in labels]
     for column in FIRST_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
@@ -142,11 +148,16 @@ def curve_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     ``train_time_s``, the metrics and ``train_loss`` (with ``loss_name``).
 
     A record whose curve is a single point reached without a listed step (a memory bank fitted in one
-    pass) is marked ``single_pass``.
+    pass) is marked ``single_pass``. In a curve of separate runs, a record marked ``curve_run_steps`` is
+    the point at that step, and a record of the same dataset and category without a curve (a model
+    kept at its own schedule) is drawn as a reference, marked ``single_pass``.
     """
     rows = []
+    run_curves = {(r.get("dataset"), r.get("category")) for r in records if r.get("curve_run_steps") is not None}
     for record in records:
         points = record.get("curve") or []
+        if not points and not record.get("error") and (record.get("dataset"), record.get("category")) in run_curves:
+            points = [_run_point(record)]
         single = len(points) == 1 and points[0].get("requested_step") is None
         for point in points:
             loss_name, loss = _loss(point)
@@ -165,6 +176,18 @@ def curve_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _run_point(record: dict[str, Any]) -> dict[str, Any]:
+    """A whole run as a learning-curve point: its schedule, training time and test metrics."""
+    metrics = {k: v for k, v in record.items() if k.startswith(("image_", "pixel_"))}
+    return {
+        "step": record.get("steps"),
+        "requested_step": record.get("curve_run_steps"),
+        "epoch": record.get("epochs"),
+        "train_time_s": record.get("train_time_s"),
+        **metrics,
+    }
 
 
 def curve_statistics(curves: pd.DataFrame) -> pd.DataFrame:

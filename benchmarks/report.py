@@ -345,7 +345,8 @@ def curves_markdown(stats: pd.DataFrame) -> str:
 def curve_chart(stats: pd.DataFrame, dataset: str, category: str, path: Path) -> Path | None:
     """Metrics (and the training loss) against optimiser steps, one line per model, band of one std.
 
-    A model fitted in one pass (a memory bank) is drawn as a dashed horizontal line at its value.
+    A model fitted in one pass (a memory bank), or kept at its own schedule beside a curve of separate
+    runs, is drawn as a dashed horizontal line at its value.
     """
     rows = stats[(stats["dataset"] == dataset) & (stats["category"] == category)]
     metrics = [m for m in CURVE_PLOTS if f"{m}_mean" in rows and rows[f"{m}_mean"].notna().any()]
@@ -367,7 +368,9 @@ def curve_chart(stats: pd.DataFrame, dataset: str, category: str, path: Path) ->
             color = colors(i % 10)
             if bool(line["single_pass"].all()):
                 if metric != "train_loss":
-                    axis.axhline(mean[0], color=color, linestyle="--", linewidth=1, label=f"{model} (one pass)")
+                    epochs = line["epoch_mean"].max() if "epoch_mean" in line else 1
+                    label = f"{model} ({'one pass' if not epochs > 1 else 'own schedule'})"
+                    axis.axhline(mean[0], color=color, linestyle="--", linewidth=1, label=label)
                 continue
             axis.plot(steps, mean, marker="o", markersize=3, color=color, label=model)
             axis.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)

@@ -10,7 +10,8 @@ Layout of a run folder (``benchmarks/runs/<name>`` by default)::
     artifacts/<key>/         checkpoint, OpenVINO IR, heat maps
     results.csv, results.md, *.png   the report (:mod:`benchmarks.report`)
 
-``key`` is ``<profile>__<dataset>__<category>__<model>__s<seed>``. A stored record is reused when its
+``key`` is ``<profile>__<dataset>__<category>__<model>__s<seed>`` (``__n<steps>`` added for a point of
+a learning curve of separate runs, ``curve_runs``). A stored record is reused when its
 settings hash matches the job's (change the epochs, the input size, ... and the job runs again);
 the settings include a fingerprint of the model's code and config (``code_fingerprint``), so a
 model edited after its job ran is run again while the others are reused;
@@ -61,11 +62,14 @@ class Job:
     seed: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when the job cannot even be built (unknown model, missing config)
+    #: The optimiser steps of this point of a learning curve of separate runs (``make_jobs(curve_runs=...)``).
+    curve_run_steps: int | None = None
 
     @property
     def key(self) -> str:
-        """File-name-safe identity of the job: ``<profile>__<dataset>__<category>__<model>__s<seed>``."""
+        """File-name-safe identity: ``<profile>__<dataset>__<category>__<model>__s<seed>[__n<steps>]``."""
         parts = (self.profile, self.dataset, self.category, self.model, f"s{self.seed}")
+        parts += (f"n{self.curve_run_steps}",) if self.curve_run_steps is not None else ()
         return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", part) for part in parts)
 
     @property
@@ -93,6 +97,7 @@ def make_jobs(
     epochs: int | dict[str, int] | None = None,
     steps: int | dict[str, int] | None = None,
     curve_steps: list[int] | None = None,
+    curve_runs: list[int] | None = None,
     openvino: bool = True,
     int8: bool = False,
     data_args: dict[str, Any] | None = None,
@@ -105,33 +110,61 @@ def make_jobs(
     ``epochs``/``steps`` override the schedule of every model (an int) or of some (``{"n2n": 6}``,
     lower-case names; see :func:`benchmarks.profiles.schedule`). ``curve_steps`` switches to the
     learning-curve mode: every job trains ``max(curve_steps)`` optimiser steps (``max_epochs=-1``) and
-    is evaluated at each listed step. ``model_args`` changes init arguments per model (lower-case
+    is evaluated at each listed step. ``curve_runs`` makes a learning curve of separate runs, for a model
+    whose schedule depends on its length (RB-AE splits its steps into two phases): one job per listed
+    step count, each exactly the job of ``steps=<count>``; a model with its own entry in ``epochs`` or
+    ``steps``, or whose ``trainer_arguments`` fix its epochs (PaDiM), gets one job, a reference for the
+    curve. ``model_args`` changes init arguments per model (lower-case
     names; dotted keys, see :func:`benchmarks.profiles.resolve_model`). ``int8_types`` replaces the
     ``int8_quantised_types`` of the models it names (lower-case; ``None``: every type) for the INT8 export.
     """
+    if curve_steps and curve_runs:
+        msg = "A learning curve is either evaluated during one run (curve_steps) or made of runs (curve_runs)."
+        raise ValueError(msg)
     jobs = []
     for dataset in datasets:
         for category in categories[dataset]:
             for name in models:
-                base = _make_job(
-                    name,
-                    dataset,
-                    category,
-                    profile,
-                    epochs,
-                    steps,
-                    curve_steps,
-                    data_args,
-                    (model_args or {}).get(name.lower()),
-                )
-                if base.spec:
-                    base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
-                    if base.spec["int8"] and int8_types and name.lower() in int8_types:
-                        base.spec["int8_types"] = int8_types[name.lower()]
-                for seed in seeds.get(dataset, [0]) if isinstance(seeds, dict) else seeds:
-                    spec = {**base.spec, "seed": seed} if base.spec else {}
-                    jobs.append(dataclasses.replace(base, seed=seed, spec=spec))
+                for base in _schedule_jobs(
+                    name, dataset, category, profile, epochs, steps, curve_steps, curve_runs, data_args, model_args
+                ):
+                    if base.spec:
+                        base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
+                        if base.spec["int8"] and int8_types and name.lower() in int8_types:
+                            base.spec["int8_types"] = int8_types[name.lower()]
+                    for seed in seeds.get(dataset, [0]) if isinstance(seeds, dict) else seeds:
+                        spec = {**base.spec, "seed": seed} if base.spec else {}
+                        jobs.append(dataclasses.replace(base, seed=seed, spec=spec))
     return jobs
+
+
+def _schedule_jobs(
+    name: str,
+    dataset: str,
+    category: str,
+    profile: Profile,
+    epochs: int | dict[str, int] | None,
+    steps: int | dict[str, int] | None,
+    curve_steps: list[int] | None,
+    curve_runs: list[int] | None,
+    data_args: dict[str, Any] | None,
+    model_args: dict[str, dict[str, Any]] | None,
+) -> list[Job]:
+    """The jobs of a model on a category, without seed: one, or one per count of ``curve_runs``."""
+    changes = (model_args or {}).get(name.lower())
+    single = _make_job(name, dataset, category, profile, epochs, steps, curve_steps, data_args, changes)
+    own_schedule = _per_model(epochs, name) is not None or _per_model(steps, name) is not None
+    if not curve_runs or own_schedule or single.error:
+        return [single]
+    runs = [
+        dataclasses.replace(
+            _make_job(name, dataset, category, profile, None, count, None, data_args, changes), curve_run_steps=count
+        )
+        for count in sorted(set(curve_runs))
+    ]
+    if runs[0].spec["max_steps"] is None:  # trainer_arguments fix the epochs (PaDiM, PatchCore): a reference
+        return [single]
+    return runs
 
 
 def _make_job(
@@ -270,6 +303,8 @@ class Runner:
             "profile": job.profile,
             "seed": job.seed,
         }
+        if job.curve_run_steps is not None:
+            identity["curve_run_steps"] = job.curve_run_steps
         errors_dir = self.output / "errors"
         if job.error is not None:
             record = failure_record(job, job.error, job.error + "\n", errors_dir)

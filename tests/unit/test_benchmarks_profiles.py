@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.__main__ import (
     DEFAULT_TIMEOUT_S,
+    check_curve_runs,
     check_model_names,
     curve_timeout_warning,
     main,
@@ -140,6 +141,40 @@ def test_schedules_apply_to_every_model_or_per_model():
     assert [job.spec["max_epochs"] for job in jobs] == [2, PROFILES["cpu"].default_epochs]
     jobs = make_jobs(["Stfpm", "Padim"], ["DemoTextures"], categories, PROFILES["cpu"], steps={"stfpm": 50})
     assert [(job.spec["max_epochs"], job.spec["max_steps"]) for job in jobs] == [(-1, 50), (1, None)]
+
+
+def test_curve_runs_are_one_max_steps_job_per_count_beside_references_run_once():
+    categories = {"ELPV": ["mono"]}
+    jobs = make_jobs(
+        ["rbae", "Padim", "Stfpm"], ["ELPV"], categories, PROFILES["cpu"], epochs={"stfpm": 10}, curve_runs=[400, 200]
+    )
+    assert [(job.model, job.curve_run_steps) for job in jobs] == [
+        ("RBAE", 200),
+        ("RBAE", 400),
+        ("Padim", None),  # fixed to one epoch: a reference line
+        ("Stfpm", None),  # its own schedule: a reference line
+    ]
+    assert jobs[0].key.endswith("__RBAE__s0__n200")
+    assert jobs[2].key.endswith("__Padim__s0")
+    assert jobs[3].spec["max_epochs"] == 10
+    # each point is exactly the job of --max-steps COUNT: a record of that run answers it
+    for job in jobs[:2]:
+        (alone,) = make_jobs(["rbae"], ["ELPV"], categories, PROFILES["cpu"], steps={"rbae": job.curve_run_steps})
+        assert (job.spec["max_epochs"], job.spec["max_steps"]) == (-1, job.curve_run_steps)
+        assert job.settings == alone.settings
+    with pytest.raises(ValueError, match=r"curve_steps.*curve_runs"):
+        make_jobs(["rbae"], ["ELPV"], categories, PROFILES["cpu"], curve_steps=[10], curve_runs=[20])
+
+
+def test_curve_runs_refuse_a_curve_in_one_run_and_one_schedule_for_every_model():
+    check_curve_runs([200, 400], None, {"stfpm": 10}, None)
+    check_curve_runs(None, [10], 3, 4)
+    with pytest.raises(argparse.ArgumentTypeError, match="--curve-runs and --curve-steps"):
+        check_curve_runs([200], [10], None, None)
+    with pytest.raises(argparse.ArgumentTypeError, match="--max-steps 300 for every model"):
+        check_curve_runs([200], None, None, 300)
+    with pytest.raises(argparse.ArgumentTypeError, match="--curve-runs expects comma-separated positive integers"):
+        parse_steps("200,-1", "--curve-runs")
 
 
 def test_bad_schedules_steps_and_names_fail_with_the_option_and_value():

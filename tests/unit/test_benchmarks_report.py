@@ -205,6 +205,32 @@ def test_curves_are_averaged_over_seeds_per_step_and_drawn(tmp_path: Path):
     assert "train_loss_step" in table
 
 
+def test_a_curve_of_separate_runs_is_one_point_per_run_and_a_model_per_run_in_the_tables(tmp_path: Path):
+    records = [
+        {"model": "RBAE", "dataset": "E", "category": "mono", "seed": 0, "error": None, "curve_run_steps": steps,
+         "steps": steps, "epochs": steps // 32, "train_time_s": steps * 1.4, "image_AUROC": auroc, "pixel_AUROC": None}
+        for steps, auroc in ((200, 0.74), (400, 0.85), (725, 0.89))
+    ]  # fmt: skip
+    records.append({"model": "Stfpm", "dataset": "E", "category": "mono", "seed": 0, "error": None, "epochs": 10,
+                    "steps": 80, "train_time_s": 250.0, "image_AUROC": 0.849})  # fmt: skip
+    records.append({"model": "Padim", "dataset": "F", "category": "x", "seed": 0, "error": None, "image_AUROC": 0.9})
+    stats = curve_statistics(curve_frame(records))
+    rbae = stats[stats["model"] == "RBAE"]
+    assert rbae["at_step"].tolist() == [200, 400, 725]
+    assert rbae["image_AUROC_mean"].tolist() == pytest.approx([0.74, 0.85, 0.89])
+    assert not rbae["single_pass"].any()
+    stfpm = stats[stats["model"] == "Stfpm"]
+    assert stfpm["single_pass"].item()
+    assert stfpm["image_AUROC_mean"].item() == pytest.approx(0.849)
+    assert "Padim" not in set(stats["model"])  # no curve of separate runs on its dataset
+    table = category_statistics(records_frame(records))
+    assert table["model"].tolist() == ["RBAE (200 steps)", "RBAE (400 steps)", "RBAE (725 steps)", "Stfpm", "Padim"]
+    assert "curve_run_steps_mean" not in table
+    written = write_report(records, tmp_path)
+    assert [path.name for path in written["curves"]] == ["curve_E_mono.png"]
+    assert "| RBAE | 400 |" in (tmp_path / "curves.md").read_text()
+
+
 def test_publish_replaces_only_the_marked_section_and_copies_charts(tmp_path: Path):
     from benchmarks.report import RESULTS_END, RESULTS_START, publish
 
