@@ -433,6 +433,7 @@ class Display:
     def __call__(self, event: str, job: Any, info: dict[str, Any]) -> None:
         """Show ``event`` (``start``, ``poll``, ``done``, ``reused``) of ``job``."""
         where = f"[{info['index'] + 1}/{info['total']}] {job.model} on {job.dataset}/{job.category} seed {job.seed}"
+        where += f", {job.curve_run_steps} steps" if job.curve_run_steps is not None else ""
         if event == "poll":
             stage = info.get("stage", "starting")
             if "epoch" in info:

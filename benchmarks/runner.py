@@ -117,6 +117,9 @@ def make_jobs(
     curve. ``model_args`` changes init arguments per model (lower-case
     names; dotted keys, see :func:`benchmarks.profiles.resolve_model`). ``int8_types`` replaces the
     ``int8_quantised_types`` of the models it names (lower-case; ``None``: every type) for the INT8 export.
+
+    Raises:
+        ValueError: Both ``curve_steps`` and ``curve_runs`` are given.
     """
     if curve_steps and curve_runs:
         msg = "A learning curve is either evaluated during one run (curve_steps) or made of runs (curve_runs)."
