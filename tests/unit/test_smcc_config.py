@@ -66,6 +66,8 @@ def test_offline_config_uses_efficientnet_lite0(project_root: Path) -> None:
     assert args["memory_bank_images"] == 64  # four batches: the bank spans batches
     assert args["lr"] == 1e-4  # a float (PyYAML reads 1e-4 without a dot as a string)
     assert config["data"]["init_args"]["train_batch_size"] == 16  # the paper's batch
+    # 3 epochs, at most 50 self-update steps: the 250-image runs (48 steps) keep their schedule, 800 images get 50
+    assert (config["trainer"]["max_epochs"], config["trainer"]["max_steps"]) == (3, 50)
 
 
 def test_offline_config_builds_the_model(project_root: Path) -> None:
