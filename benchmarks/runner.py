@@ -23,6 +23,7 @@ timeout) is recorded with the exit status and the tail of its log.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -128,9 +129,11 @@ def make_jobs(
     for dataset in datasets:
         for category in categories[dataset]:
             for name in models:
-                for base in _schedule_jobs(
-                    name, dataset, category, profile, epochs, steps, curve_steps, curve_runs, data_args, model_args
-                ):
+                changes = (model_args or {}).get(name.lower())
+                make = functools.partial(
+                    _make_job, name, dataset, category, profile, data_args=data_args, model_args=changes
+                )
+                for base in _schedule_jobs(make, name, epochs, steps, curve_steps, curve_runs):
                     if base.spec:
                         base.spec.update({"threads": threads, "openvino": openvino, "int8": int8 and openvino})
                         if base.spec["int8"] and int8_types and name.lower() in int8_types:
@@ -142,29 +145,22 @@ def make_jobs(
 
 
 def _schedule_jobs(
+    make: Callable[[int | dict[str, int] | None, int | dict[str, int] | None, list[int] | None], Job],
     name: str,
-    dataset: str,
-    category: str,
-    profile: Profile,
     epochs: int | dict[str, int] | None,
     steps: int | dict[str, int] | None,
     curve_steps: list[int] | None,
     curve_runs: list[int] | None,
-    data_args: dict[str, Any] | None,
-    model_args: dict[str, dict[str, Any]] | None,
 ) -> list[Job]:
-    """The jobs of a model on a category, without seed: one, or one per count of ``curve_runs``."""
-    changes = (model_args or {}).get(name.lower())
-    single = _make_job(name, dataset, category, profile, epochs, steps, curve_steps, data_args, changes)
+    """The jobs of model ``name`` on a category, without seed: one, or one per count of ``curve_runs``.
+
+    ``make(epochs, steps, curve_steps)`` builds a job of the model on the category (:func:`_make_job`).
+    """
+    single = make(epochs, steps, curve_steps)
     own_schedule = _per_model(epochs, name) is not None or _per_model(steps, name) is not None
     if not curve_runs or own_schedule or single.error:
         return [single]
-    runs = [
-        dataclasses.replace(
-            _make_job(name, dataset, category, profile, None, count, None, data_args, changes), curve_run_steps=count
-        )
-        for count in sorted(set(curve_runs))
-    ]
+    runs = [dataclasses.replace(make(None, count, None), curve_run_steps=count) for count in sorted(set(curve_runs))]
     if runs[0].spec["max_steps"] is None:  # trainer_arguments fix the epochs (PaDiM, PatchCore): a reference
         return [single]
     return runs
