@@ -369,7 +369,7 @@ def curve_chart(stats: pd.DataFrame, dataset: str, category: str, path: Path) ->
             if bool(line["single_pass"].all()):
                 if metric != "train_loss":
                     epochs = line["epoch_mean"].max() if "epoch_mean" in line else 1
-                    label = f"{model} ({'one pass' if not epochs > 1 else 'own schedule'})"
+                    label = f"{model} ({'own schedule' if epochs > 1 else 'one pass'})"
                     axis.axhline(mean[0], color=color, linestyle="--", linewidth=1, label=label)
                 continue
             axis.plot(steps, mean, marker="o", markersize=3, color=color, label=model)

@@ -156,14 +156,15 @@ def _schedule_jobs(
 
     ``make(epochs, steps, curve_steps)`` builds a job of the model on the category (:func:`_make_job`).
     """
-    single = make(epochs, steps, curve_steps)
     own_schedule = _per_model(epochs, name) is not None or _per_model(steps, name) is not None
-    if not curve_runs or own_schedule or single.error:
-        return [single]
-    runs = [dataclasses.replace(make(None, count, None), curve_run_steps=count) for count in sorted(set(curve_runs))]
-    if runs[0].spec["max_steps"] is None:  # trainer_arguments fix the epochs (PaDiM, PatchCore): a reference
-        return [single]
-    return runs
+    if not curve_runs or own_schedule:
+        return [make(epochs, steps, curve_steps)]
+    counts = sorted(set(curve_runs))
+    first = make(None, counts[0], None)
+    if first.error or first.spec["max_steps"] is None:  # trainer_arguments fix the epochs (PaDiM): a reference
+        return [first]
+    jobs = [first, *(make(None, count, None) for count in counts[1:])]
+    return [dataclasses.replace(job, curve_run_steps=count) for job, count in zip(jobs, counts, strict=True)]
 
 
 def _make_job(
