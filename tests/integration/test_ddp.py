@@ -93,7 +93,7 @@ TINY_MODELS: dict[str, tuple[dict, int, int]] = {
             "backbone": "efficientnet_lite0",
             "layers": ["blocks.1", "blocks.2", "blocks.4"],
             "pre_trained": True,
-            "sigma": 1,
+            "scoring": {"sigma": 1},
         },
         2,
         IMAGE_SIZE,

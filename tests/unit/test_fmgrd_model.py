@@ -220,6 +220,38 @@ def test_map_keeps_orientation_an_off_diagonal_outlier_stays_off_diagonal():
     assert column >= 48
 
 
+def _outlier_features() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Teacher and student features of resnet18's levels at 64 px, the student wrong in a few cells."""
+    generator = torch.Generator().manual_seed(0)
+    teacher = [torch.rand(1, c, s, s, generator=generator) + 0.5 for c, s in ((64, 16), (128, 8), (256, 4))]
+    generated = [t + 0.3 * torch.rand(t.shape, generator=generator) for t in teacher]
+    generated[0][0, :, 3, 11] = -1.0
+    return teacher, generated
+
+
+def test_score_sigma_scores_the_narrow_map_and_returns_the_wide_one():
+    """``sigma=4, score_sigma=1``: the image score of RD's map at sigma 1, the map of RD's map at sigma 4."""
+    teacher, generated = _outlier_features()
+    both = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=4, score_sigma=1).eval()
+    narrow = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=1).eval()
+    wide = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=4).eval()
+    output = both.predict(teacher, generated)
+    torch.testing.assert_close(output.pred_score, narrow.predict(teacher, generated).pred_score)
+    # sigma 4 as sigma 1 widened by sqrt(15): equal to RD's direct sigma-4 blur away from the reflected border
+    expected = wide.predict(teacher, generated).anomaly_map
+    torch.testing.assert_close(output.anomaly_map[..., 16:48, 16:48], expected[..., 16:48, 16:48], rtol=1e-3, atol=1e-4)
+    assert output.pred_score > output.anomaly_map.amax()  # the narrow map peaks higher
+    reverse = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=1, score_sigma=4).eval()
+    torch.testing.assert_close(
+        reverse.predict(teacher, generated).anomaly_map, narrow.predict(teacher, generated).anomaly_map
+    )
+
+
+def test_score_sigma_rejects_a_width_of_zero():
+    with pytest.raises(ValueError, match="score_sigma=0"):
+        FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, score_sigma=0)
+
+
 def test_training_masks_reach_the_generators_input_and_follow_the_generator():
     model = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False).train()
     seen: list[torch.Tensor] = []

@@ -27,7 +27,7 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from anomalib.data import Batch
@@ -39,9 +39,9 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, ScoreModeName, group_arguments
+from anomalib_ext.models.components import AnomalibExtModule, FrozenFeatureCache, group_arguments
 
-from .config import AttentionConfig, BottleneckConfig, FMMConfig, TrainingConfig
+from .config import AttentionConfig, BottleneckConfig, FMMConfig, ScoringConfig, TrainingConfig
 from .loss import FmgrdLoss
 from .torch_model import FmgrdModel
 
@@ -57,9 +57,8 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         pre_trained: Load the teacher's ImageNet weights (tests use ``False``).
         mask_ratio: A9: fraction of positions the FMM masks in training (eq. 11).
         lr: Adam learning rate (paper: 1e-3).
-        sigma: A15: Gaussian smoothing of the anomaly map, in pixels.
-        score_mode: A15: image score from the map (``max``, ``mean``, ``topk``).
-        anomaly_map_mode: A15: sum (``add``) or product (``multiply``) of the per-level maps.
+        scoring: A15: map smoothing, image score and level combination
+            (:class:`~anomalib_ext.models.fmgrd.config.ScoringConfig`).
         bottleneck: MSFF, SCSAtt and OCE ablations (:class:`~anomalib_ext.models.fmgrd.config.BottleneckConfig`).
         fmm: Feature mask generation ablations (:class:`~anomalib_ext.models.fmgrd.config.FMMConfig`).
         training: Loss, optimiser and early stopping (:class:`~anomalib_ext.models.fmgrd.config.TrainingConfig`).
@@ -85,9 +84,7 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         pre_trained: bool = True,
         mask_ratio: float = 0.65,
         lr: float = 1e-3,
-        sigma: float = 4,
-        score_mode: ScoreModeName = "max",
-        anomaly_map_mode: Literal["add", "multiply"] = "add",
+        scoring: ScoringConfig = ScoringConfig(),
         bottleneck: BottleneckConfig = BottleneckConfig(),
         fmm: FMMConfig = FMMConfig(),
         training: TrainingConfig = TrainingConfig(),
@@ -105,9 +102,10 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
             mask_ratio=mask_ratio,
             bottleneck=bottleneck,
             fmm=fmm,
-            anomaly_map_mode=anomaly_map_mode,
-            sigma=sigma,
-            score_mode=score_mode,
+            anomaly_map_mode=scoring.anomaly_map_mode,
+            sigma=scoring.sigma,
+            score_mode=scoring.score_mode,
+            score_sigma=scoring.score_sigma,
         )
         self.loss = FmgrdLoss(mode=training.loss_mode, decoder_weight=training.decoder_loss_weight)
         self.lr = lr
@@ -117,7 +115,7 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """The ablation groups and enums saved in the hyper-parameters (``weights_only`` loading)."""
-        return (AttentionConfig, BottleneckConfig, FMMConfig, TrainingConfig)
+        return (AttentionConfig, BottleneckConfig, FMMConfig, ScoringConfig, TrainingConfig)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the saved pre-processor, then make the map as large as its input size."""

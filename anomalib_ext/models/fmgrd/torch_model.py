@@ -18,10 +18,12 @@ See Also:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
@@ -67,6 +69,7 @@ class FmgrdModel(nn.Module):
         anomaly_map_mode: A15: sum (``"add"``) or product of the level maps.
         sigma: A15: Gaussian smoothing of the map.
         score_mode: A15/A19: image score from the map.
+        score_sigma: Smoothing of the map the image score is taken from; ``None`` = ``sigma``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class FmgrdModel(nn.Module):
         anomaly_map_mode: AnomalyMapGenerationMode | str = AnomalyMapGenerationMode.ADD,
         sigma: float = 4,
         score_mode: ScoreMode | str = ScoreMode.MAX,
+        score_sigma: float | None = None,
     ) -> None:
         super().__init__()
         bottleneck = bottleneck or BottleneckConfig()
@@ -124,9 +128,18 @@ class FmgrdModel(nn.Module):
             if fmm.enabled
             else None
         )
+        score_sigma = sigma if score_sigma is None else score_sigma
+        if min(sigma, score_sigma) <= 0:
+            msg = f"sigma={sigma}, score_sigma={score_sigma} are invalid: expected Gaussian widths in pixels, > 0."
+            raise ValueError(msg)
+        # anomalib's RD map at the narrower of the two widths; the wider map is that one blurred again by
+        # sqrt(wide^2 - narrow^2) (Gaussian widths add in quadrature), so one map serves both when they differ
+        narrow, wide = sorted((sigma, score_sigma))
         self.anomaly_map_generator = AnomalyMapGenerator(
-            image_size=tuple(input_size), sigma=sigma, mode=AnomalyMapGenerationMode(anomaly_map_mode)
+            image_size=tuple(input_size), sigma=narrow, mode=AnomalyMapGenerationMode(anomaly_map_mode)
         )
+        self.widen = GaussianBlur2d(sigma=math.sqrt(wide**2 - narrow**2), channels=1) if wide > narrow else None
+        self.score_from_narrow = score_sigma < sigma
         self.score_mode = ScoreMode(score_mode)
 
     @torch.no_grad()
@@ -164,8 +177,12 @@ class FmgrdModel(nn.Module):
 
     def predict(self, teacher: list[torch.Tensor], generated: list[torch.Tensor]) -> InferenceBatch:
         """Anomaly map ``(B, 1, H, W)`` (eq. 12 per level, A15) and the image score ``(B,)``."""
-        anomaly_map = self.anomaly_map_generator(teacher, generated)
-        return InferenceBatch(pred_score=image_score(anomaly_map, self.score_mode), anomaly_map=anomaly_map)
+        narrow = self.anomaly_map_generator(teacher, generated)
+        if self.widen is None:
+            return InferenceBatch(pred_score=image_score(narrow, self.score_mode), anomaly_map=narrow)
+        wide = self.widen(narrow)
+        score_map, anomaly_map = (narrow, wide) if self.score_from_narrow else (wide, narrow)
+        return InferenceBatch(pred_score=image_score(score_map, self.score_mode), anomaly_map=anomaly_map)
 
     def forward(
         self, images: torch.Tensor, generator: torch.Generator | None = None
