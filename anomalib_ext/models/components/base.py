@@ -178,17 +178,16 @@ class AnomalibExtModule:
         - Calibration runs one image at a time (the batch size of a static input otherwise), not in the
           datamodule's evaluation batches. Given batches, NNCF switches on ``batchwise_statistics``
           (statistics per item along the first axis), and after SMCC's reshape to patches that axis
-          holds patches, not images: the ranges after the backbone came out about 3x too small (k-NN
-          ``MatMul`` 11,100 instead of 31,000), the clamped distances made every test image score the
-          same (SMCC trained on DemoTextures ``brick``, batches of 8: INT8 image AUROC 0.500, f32
-          0.940). The same 40 images give 0.860 image by image, and 0.860 in batches of 8 with
-          ``batchwise_statistics=False``. The images are the datamodule's validation set, as anomalib's.
+          holds patches, not images: the ranges after the backbone came out too small and the clamped
+          distances gave every test image the same score (INT8 image AUROC 0.500, f32 0.940: SMCC on
+          DemoTextures ``brick``, the harness's ``int8-demo`` run in ``docs/deployment.md``); image by
+          image the scores differ again. The images are the datamodule's validation set, as anomalib's.
         - A model can name the operation types to quantise in ``int8_quantised_types``; every other
           operation stays in float. NNCF otherwise also quantises the tapped feature maps where they
           enter SMCC's fusion (its pooling, resizing and concatenation), and 8-bit features there blur
-          the small distances the score is made of. SMCC on ELPV mono (offline config, 2026-12-04, 64
-          calibration images, a scratch script over the harness's checkpoint): image AUROC f32 0.948,
-          INT8 as anomalib 0.834, INT8 of the convolutions and the k-NN ``MatMul`` only 0.933.
+          the small distances the score is made of. SMCC on ELPV mono (its whole-bank config, harness
+          ``--int8``, ``docs/deployment.md``): image AUROC f32 0.948, INT8 of every type NNCF quantises
+          0.789 (``--int8-types smcc=all``), INT8 of the convolutions and the k-NN ``MatMul`` only 0.932.
 
         Errors are anomalib's.
         """
