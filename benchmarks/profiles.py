@@ -423,35 +423,43 @@ def settings_hash(settings: dict[str, Any]) -> str:
 SHARED_FILES = ("backbones.py", "post_processing.py", "models/defaults.py")
 
 
-def code_fingerprint(class_path: str, config: str | None = None) -> str:
-    """Hash of the code a model's numbers depend on.
+def fingerprint_files(class_path: str, config: str | None = None) -> list[Path]:
+    """The files :func:`code_fingerprint` hashes, in order.
 
-    Our models: the model's package, the shared model code (``anomalib_ext/models/*.py``,
+    Our models: the folder of the module that defines the class (``anomalib_ext/models/mldfr/`` for
+    ``anomalib_ext.models.MLDFR``, not the ``anomalib_ext.models`` package it is re-exported from, whose
+    folder holds every model), the shared model code (``anomalib_ext/models/*.py``,
     ``models/components/``, ``augment/``), the files in :data:`SHARED_FILES` and the config.
-    anomalib's built-ins: anomalib's version and :data:`SHARED_FILES`. A stored result whose
-    fingerprint differs (a model was changed after it ran) is run again.
+    anomalib's built-ins: :data:`SHARED_FILES` and the config.
     """
-    digest = hashlib.sha256()
-    module = class_path.rpartition(".")[0]
     files: list[Path] = []
-    if module.startswith("anomalib_ext"):
-        spec = importlib.util.find_spec(module)
+    if class_path.startswith("anomalib_ext"):
+        spec = importlib.util.find_spec(_import(class_path).__module__)
         folder = Path(spec.origin).parent if spec and spec.origin else None
         files = sorted(folder.rglob("*.py")) if folder else []
         files += sorted((PACKAGE_DIR / "models").glob("*.py"))
         for shared in ("models/components", "augment"):
             files += sorted((PACKAGE_DIR / shared).rglob("*.py"))
-    else:
-        from importlib import metadata
-
-        digest.update(f"anomalib=={metadata.version('anomalib')}".encode())
     files += [PACKAGE_DIR / name for name in SHARED_FILES]
     if config:
         files.append(PROJECT_ROOT / config)
-    for file in dict.fromkeys(files):
-        if file.is_file():
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
+    return [file for file in dict.fromkeys(files) if file.is_file()]
+
+
+def code_fingerprint(class_path: str, config: str | None = None) -> str:
+    """Hash of the code a model's numbers depend on: the bytes of :func:`fingerprint_files`.
+
+    anomalib's built-ins add anomalib's version. A stored result whose fingerprint differs (a model
+    was changed after it ran) is run again; a change to one of our models runs only that model again.
+    """
+    digest = hashlib.sha256()
+    if not class_path.startswith("anomalib_ext"):
+        from importlib import metadata
+
+        digest.update(f"anomalib=={metadata.version('anomalib')}".encode())
+    for file in fingerprint_files(class_path, config):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
 
 

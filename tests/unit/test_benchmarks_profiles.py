@@ -21,8 +21,11 @@ from benchmarks.__main__ import (
 )
 from benchmarks.profiles import (
     CONFIG_DIR,
+    PACKAGE_DIR,
     PROFILES,
+    SHARED_FILES,
     default_categories,
+    fingerprint_files,
     our_models,
     resolve_data,
     resolve_model,
@@ -324,3 +327,13 @@ def test_a_curve_under_the_default_timeout_is_warned_about() -> None:
     assert "--timeout" in warning
     assert curve_timeout_warning([100, 800], 7200) is None  # the user chose a timeout
     assert curve_timeout_warning(None, DEFAULT_TIMEOUT_S) is None  # no curve
+
+
+def test_a_models_fingerprint_covers_its_own_folder_and_the_shared_code_not_the_other_models():
+    """A change to FMGRD must not re-run MLDFR's stored jobs (``anomalib_ext.models`` holds every model)."""
+    files = {path.relative_to(PACKAGE_DIR).as_posix() for path in fingerprint_files("anomalib_ext.models.MLDFR")}
+    assert {"models/mldfr/torch_model.py", "models/mldfr/lightning_model.py", "models/components/base.py"} <= files
+    assert not any(name.startswith(("models/fmgrd/", "models/smcc/", "models/rbae/", "models/n2n/")) for name in files)
+    builtin = fingerprint_files("anomalib.models.Padim", "configs/model/mldfr_cpu.yaml")
+    assert [path.relative_to(PACKAGE_DIR).as_posix() for path in builtin[:-1]] == list(SHARED_FILES)
+    assert builtin[-1].name == "mldfr_cpu.yaml"
