@@ -244,7 +244,11 @@ BEHAVIOUR_SIZE = 64
 #: size and epochs. The behaviour tests and the INT8 test (``tests/integration/test_int8.py``) build from here.
 BEHAVIOUR_MODELS: dict[str, dict[str, Any]] = {
     "FMGRD": {
-        "init_args": {"backbone": "efficientnet_lite0", "layers": ["blocks.1", "blocks.2", "blocks.4"], "sigma": 1},
+        "init_args": {
+            "backbone": "efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2", "blocks.4"],
+            "scoring": {"sigma": 1},
+        },
         "train_batch_size": 4,
         "max_epochs": 5,
     },

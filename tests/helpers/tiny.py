@@ -34,6 +34,7 @@ TINY: dict[str, dict[str, Any]] = {
             "backbone": "efficientnet_lite0",
             "layers": ["blocks.1", "blocks.2", "blocks.4"],
             "pre_trained": False,
+            "scoring": {"sigma": 2.0, "score_sigma": 1.0},  # the offline config's two widths: export, reload
         },
         "max_epochs": 1,
     },
