@@ -46,6 +46,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -423,6 +424,11 @@ def settings_hash(settings: dict[str, Any]) -> str:
 SHARED_FILES = ("backbones.py", "post_processing.py", "models/defaults.py")
 
 
+def _defining_file(class_path: str) -> Path:
+    """The source file of the module that defines the class (not the package it is re-exported from)."""
+    return Path(inspect.getfile(_import(class_path)))
+
+
 def fingerprint_files(class_path: str, config: str | None = None) -> list[Path]:
     """The files :func:`code_fingerprint` hashes, in order.
 
@@ -434,9 +440,7 @@ def fingerprint_files(class_path: str, config: str | None = None) -> list[Path]:
     """
     files: list[Path] = []
     if class_path.startswith("anomalib_ext"):
-        spec = importlib.util.find_spec(_import(class_path).__module__)
-        folder = Path(spec.origin).parent if spec and spec.origin else None
-        files = sorted(folder.rglob("*.py")) if folder else []
+        files = sorted(_defining_file(class_path).parent.rglob("*.py"))
         files += sorted((PACKAGE_DIR / "models").glob("*.py"))
         for shared in ("models/components", "augment"):
             files += sorted((PACKAGE_DIR / shared).rglob("*.py"))
@@ -467,10 +471,7 @@ def data_fingerprint(class_path: str) -> str | None:
     """Hash of our datamodule's module (its split or generator changes the numbers); ``None`` for anomalib's."""
     if not class_path.startswith("anomalib_ext."):
         return None
-    spec = importlib.util.find_spec(_import(class_path).__module__)
-    if spec is None or spec.origin is None:
-        return None
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(_defining_file(class_path).read_bytes()).hexdigest()[:12]
 
 
 def profile_dict(profile: Profile) -> dict[str, Any]:

@@ -178,9 +178,7 @@ class FmgrdModel(nn.Module):
     def predict(self, teacher: list[torch.Tensor], generated: list[torch.Tensor]) -> InferenceBatch:
         """Anomaly map ``(B, 1, H, W)`` (eq. 12 per level, A15) and the image score ``(B,)``."""
         narrow = self.anomaly_map_generator(teacher, generated)
-        if self.widen is None:
-            return InferenceBatch(pred_score=image_score(narrow, self.score_mode), anomaly_map=narrow)
-        wide = self.widen(narrow)
+        wide = narrow if self.widen is None else self.widen(narrow)
         score_map, anomaly_map = (narrow, wide) if self.score_from_narrow else (wide, narrow)
         return InferenceBatch(pred_score=image_score(score_map, self.score_mode), anomaly_map=anomaly_map)
 
