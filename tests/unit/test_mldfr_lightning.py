@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from anomalib.data import MVTecAD
 from anomalib.pre_processing import PreProcessor
+from lightning.pytorch import Callback, Trainer
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_ext.models.mldfr import MLDFR
@@ -104,7 +106,7 @@ def test_cpu_config_keeps_the_benchmarked_settings() -> None:
     assert init_args["sigma"] == pytest.approx(8 * 256 / 384)  # gaussian_sigma
     assert init_args["features"] == {"feature_norm": "layernorm", "deep_branch": True}
     assert init_args["restorer"] == {"num_blocks": 4}
-    assert init_args["training"] == {"lr_step_size": 1}
+    assert init_args["training"] == {"lr_step_size": 1, "min_steps": 100}  # 100: a held-out demo build (README)
     assert init_args["pre_processor"]["init_args"]["transform"]["init_args"]["size"] == [256, 256]
     assert config["data"]["init_args"]["train_batch_size"] == 15
     assert config["trainer"]["max_epochs"] == 6
@@ -297,3 +299,36 @@ def test_default_post_processor_keeps_score_order() -> None:
     from anomalib_ext.post_processing import OrderPreservingPostProcessor
 
     assert isinstance(_tiny_model(post_processor=True).post_processor, OrderPreservingPostProcessor)
+
+
+class _LearningRates(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: object, *args: object) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize(
+    ("min_steps", "max_epochs", "epochs", "decay_every"),
+    [(0, 2, 2, 1), (7, 2, 4, 2), (3, 2, 2, 1)],  # off; 2 epochs of 2 steps lengthened to 4; already reached
+)
+def test_min_steps_adds_whole_epochs_and_stretches_the_lr_schedule(
+    fake_mvtec: Path, min_steps: int, max_epochs: int, epochs: int, decay_every: int
+) -> None:
+    model = _tiny_model(training=TrainingConfig(lr_step_size=1, min_steps=min_steps))
+    lrs = _LearningRates()
+    trainer = Trainer(
+        max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[lrs]
+    )
+    datamodule = MVTecAD(root=fake_mvtec, category="toy", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=None)
+    assert trainer.current_epoch == epochs  # 8 training images, batch 4: 2 steps per epoch
+    assert trainer.global_step == 2 * epochs
+    expected = [1e-3 * 0.8 ** (step // (2 * decay_every)) for step in range(2 * epochs)]
+    assert lrs.lrs == pytest.approx(expected)
+
+
+def test_negative_min_steps_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"training\.min_steps=-1"):
+        TrainingConfig(min_steps=-1)

@@ -161,6 +161,13 @@ class TrainingConfig:
         lr_step_size: StepLR step in ``lr_step_interval`` units (paper 30 epochs).
         lr_gamma: StepLR decay factor (paper 0.8).
         lr_step_interval: A23: ``"epoch"`` (paper) or ``"step"`` (public code).
+        min_steps: Train at least this many optimiser steps (0 = off, the paper's schedule is in epochs):
+            where ``max_epochs`` gives fewer (a training set of a few dozen images), whole epochs are
+            added until it is reached and an epoch-based ``lr_step_size`` is stretched by the same factor,
+            so the lr still decays as often over the run. A ``max_steps`` of the trainer still stops first.
+
+    Raises:
+        ValueError: ``min_steps`` is negative.
     """
 
     loss_lambda: float = 140.0
@@ -172,8 +179,13 @@ class TrainingConfig:
     lr_step_size: int = 30
     lr_gamma: float = 0.8
     lr_step_interval: Literal["epoch", "step"] = "epoch"
+    min_steps: int = 0
 
-    __post_init__ = _check_choices
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if self.min_steps < 0:
+            msg = f"training.min_steps={self.min_steps} is invalid: expected optimiser steps >= 0 (0 = off)."
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ See Also:
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -57,6 +59,8 @@ from .loss import MLDFRLoss
 from .torch_model import MLDFRModel
 
 PAPER_IMAGE_SIZE = (384, 384)
+
+logger = logging.getLogger(__name__)
 
 
 class MLDFR(AnomalibExtModule, AnomalibModule):
@@ -211,9 +215,37 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
             self.model = self._build_model().to(self.device)
 
     def on_train_start(self) -> None:
-        """Reject a Normalize in the pre-processor: the damage works in [0, 1] pixel space (T7)."""
+        """Reject a Normalize in the pre-processor (the damage works in [0, 1] pixel space, T7); reach ``min_steps``."""
         reject_normalize(
             self.pre_processor, "MLDFR damages images in [0, 1] pixel space and normalises inside the model."
+        )
+        self._reach_min_steps()
+
+    def _reach_min_steps(self) -> None:
+        """Add whole epochs until ``training.min_steps`` optimiser steps, stretching an epoch-based lr schedule.
+
+        The restorer learns per optimiser step: 6 epochs of batch 15 are 102 steps on 250 images but
+        18 on 40, where it is half-trained (README, "Small training sets").
+        """
+        min_steps = self.training_config.min_steps
+        fit_loop = self.trainer.fit_loop
+        epochs, batches = fit_loop.max_epochs, self.trainer.num_training_batches
+        if not min_steps or epochs is None or epochs < 1 or not math.isfinite(batches) or batches < 1:
+            return
+        steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+        needed = math.ceil(min_steps / steps_per_epoch)
+        if needed <= epochs:
+            return
+        fit_loop.max_epochs = needed
+        if self.training_config.lr_step_interval == "epoch":
+            scheduler = self.lr_schedulers()
+            scheduler.step_size = max(1, round(scheduler.step_size * needed / epochs))
+        logger.info(
+            "MLDFR: %d steps per epoch, training %d epochs instead of %d to reach training.min_steps=%d.",
+            steps_per_epoch,
+            needed,
+            epochs,
+            min_steps,
         )
 
     def on_train_end(self) -> None:
