@@ -34,7 +34,8 @@ TINY: dict[str, dict[str, Any]] = {
             "backbone": "efficientnet_lite0",
             "layers": ["blocks.1", "blocks.2", "blocks.4"],
             "pre_trained": False,
-            "scoring": {"sigma": 2.0, "score_sigma": 1.0},  # the offline config's two widths: export, reload
+            # the offline config's two widths and score levels: export, OpenVINO parity, reload
+            "scoring": {"sigma": 2.0, "score_sigma": 1.0, "score_levels": [1, 2]},
         },
         "max_epochs": 1,
     },

@@ -193,6 +193,7 @@ def test_cpu_config_builds_the_offline_variant():
     args["pre_trained"] = False
     model = FMGRD(**args, pre_processor=FMGRD.configure_pre_processor((128, 128)))
     assert model.model.encoder.out_dims == [24, 40, 112]
+    assert model.model.score_levels == [1, 2]  # the image score without the stride-4 level
     assert n_params(model.model, trainable=True) == 4_299_552
 
 
@@ -245,6 +246,31 @@ def test_score_sigma_scores_the_narrow_map_and_returns_the_wide_one():
     torch.testing.assert_close(
         reverse.predict(teacher, generated).anomaly_map, narrow.predict(teacher, generated).anomaly_map
     )
+
+
+def test_score_levels_leave_an_outlier_of_the_finest_level_out_of_the_score_only():
+    """The outlier sits in level 0: scored on levels 1 and 2 it no longer lifts the image score."""
+    teacher, generated = _outlier_features()
+    kwargs = {"input_size": (64, 64), "pre_trained": False, "sigma": 4, "score_sigma": 2}
+    every = FmgrdModel("resnet18", **kwargs).eval().predict(teacher, generated)
+    coarse = FmgrdModel("resnet18", score_levels=(1, 2), **kwargs).eval().predict(teacher, generated)
+    torch.testing.assert_close(coarse.anomaly_map, every.anomaly_map)  # the map keeps every level
+    clean = [g.clone() for g in generated]
+    clean[0][0, :, 3, 11] = teacher[0][0, :, 3, 11] + 0.15
+    without = FmgrdModel("resnet18", **kwargs).eval().predict(teacher, clean)
+    assert every.pred_score > without.pred_score + 0.1  # the outlier drives the all-level score
+    reference = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=2).eval()
+    expected = reference.anomaly_map_generator(teacher[1:], generated[1:]).amax()
+    torch.testing.assert_close(coarse.pred_score, expected.reshape(1))
+    wide = FmgrdModel("resnet18", score_levels=(1, 2), **{**kwargs, "sigma": 2, "score_sigma": 4}).eval()
+    widened = wide.widen(reference.anomaly_map_generator(teacher[1:], generated[1:])).amax()
+    torch.testing.assert_close(wide.predict(teacher, generated).pred_score, widened.reshape(1))
+
+
+@pytest.mark.parametrize("levels", [(), (3,), (0, 5)])
+def test_score_levels_name_the_accepted_levels(levels):
+    with pytest.raises(ValueError, match=r"score_levels=.*expected some of the levels 0, 1, 2"):
+        FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, score_levels=levels)
 
 
 def test_score_sigma_rejects_a_width_of_zero():

@@ -116,12 +116,15 @@ class ScoringConfig:
             narrower one (offline config: 8 and 4, model README "Map smoothing").
         score_mode: Image score from the map (``max``, ``mean``, ``topk``).
         anomaly_map_mode: Sum (``add``) or product (``multiply``) of the per-level maps.
+        score_levels: The levels (0 = finest) whose maps the image score combines; ``None`` = all (RD).
+            The map keeps every level (offline config: ``[1, 2]``, model README "Map smoothing").
     """
 
     sigma: float = 4.0
     score_sigma: float | None = None
     score_mode: ScoreModeName = "max"
     anomaly_map_mode: Literal["add", "multiply"] = "add"
+    score_levels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

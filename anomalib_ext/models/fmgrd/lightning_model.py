@@ -106,6 +106,7 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
             sigma=scoring.sigma,
             score_mode=scoring.score_mode,
             score_sigma=scoring.score_sigma,
+            score_levels=scoring.score_levels,
         )
         self.loss = FmgrdLoss(mode=training.loss_mode, decoder_weight=training.decoder_loss_weight)
         self.lr = lr

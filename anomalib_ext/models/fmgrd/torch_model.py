@@ -70,6 +70,7 @@ class FmgrdModel(nn.Module):
         sigma: A15: Gaussian smoothing of the map.
         score_mode: A15/A19: image score from the map.
         score_sigma: Smoothing of the map the image score is taken from; ``None`` = ``sigma``.
+        score_levels: The levels (0 = finest) whose maps the image score combines; ``None`` = all (RD).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class FmgrdModel(nn.Module):
         sigma: float = 4,
         score_mode: ScoreMode | str = ScoreMode.MAX,
         score_sigma: float | None = None,
+        score_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         bottleneck = bottleneck or BottleneckConfig()
@@ -141,6 +143,13 @@ class FmgrdModel(nn.Module):
         self.widen = GaussianBlur2d(sigma=math.sqrt(wide**2 - narrow**2), channels=1) if wide > narrow else None
         self.score_from_narrow = score_sigma < sigma
         self.score_mode = ScoreMode(score_mode)
+        if score_levels is not None and (not score_levels or not set(score_levels) <= {0, 1, 2}):
+            msg = (
+                f"score_levels={list(score_levels)} is invalid: expected some of the levels 0, 1, 2 "
+                "(finest first), or None for all."
+            )
+            raise ValueError(msg)
+        self.score_levels = None if score_levels is None else sorted(set(score_levels))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -180,6 +189,11 @@ class FmgrdModel(nn.Module):
         narrow = self.anomaly_map_generator(teacher, generated)
         wide = narrow if self.widen is None else self.widen(narrow)
         score_map, anomaly_map = (narrow, wide) if self.score_from_narrow else (wide, narrow)
+        if self.score_levels is not None:
+            levels = self.score_levels
+            score_map = self.anomaly_map_generator([teacher[i] for i in levels], [generated[i] for i in levels])
+            if not self.score_from_narrow and self.widen is not None:
+                score_map = self.widen(score_map)
         return InferenceBatch(pred_score=image_score(score_map, self.score_mode), anomaly_map=anomaly_map)
 
     def forward(
