@@ -45,7 +45,6 @@ import contextlib
 import copy
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import json
 from collections.abc import Iterator
