@@ -27,7 +27,6 @@ from anomalib_ext.models.mldfr.config import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
-COMPONENT_ARGS = {"pre_processor", "post_processor", "evaluator", "visualizer"}
 
 
 def _tiny_model(**kwargs: object) -> MLDFR:
@@ -55,11 +54,10 @@ def _defaults() -> dict[str, object]:
     }
 
 
-def test_constructor_has_at_most_15_arguments_with_the_paper_defaults() -> None:
-    # issue 17: the knobs a user tunes stay flat, the ablations live in the typed groups
+def test_constructor_has_the_paper_defaults() -> None:
+    # issue 17: the knobs a user tunes stay flat, the ablations live in the typed groups (the size of the
+    # surface, with anomalib's components: tests/unit/test_registry.py)
     defaults = _defaults()
-    assert len(defaults) <= 15
-    assert set(defaults) >= COMPONENT_ARGS
     assert defaults["cnn_backbone"] == "resnet18.tv_in1k"
     assert tuple(defaults["cnn_layers"]) == ("layer1", "layer2", "layer3")
     assert defaults["vit_backbone"] == "cait_xs24_384.fb_dist_in1k"
@@ -80,11 +78,13 @@ def test_configs_list_only_what_differs_from_the_defaults(name: str) -> None:
     assert config["model"]["class_path"] == "anomalib_ext.models.MLDFR"
     defaults = _defaults()
     for key, value in config["model"]["init_args"].items():
+        if key == "pre_processor":  # one of anomalib's components (``**components``), not in the signature
+            continue
         default = defaults[key]
         if dataclasses.is_dataclass(default):
             for field, field_value in value.items():
                 assert getattr(default, field) != field_value, f"{name}: {key}.{field} repeats its default"
-        elif key != "pre_processor":
+        else:
             repeated = list(default) == value if isinstance(default, (tuple, list)) else default == value
             assert not repeated, f"{name}: {key} repeats its default"
     assert config["trainer"]["max_epochs"] > 0

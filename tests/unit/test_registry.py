@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from anomalib.data import get_datamodule
 from anomalib.models import get_model
 from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from jsonargparse import ArgumentParser
 
 import anomalib_ext
 from anomalib_ext.registry import register_datamodules, register_model_names, registered_datamodules, registered_models
@@ -90,6 +93,49 @@ def test_cli_resolves_the_model_by_short_and_full_name(name: str, model: str, tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"class_path: anomalib_ext.models.{name}" in result.stdout
     assert "class_path: anomalib_ext.data.DemoTextures" in result.stdout
+
+
+COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
+
+
+def _model_parser(name: str) -> ArgumentParser:
+    """The model's arguments as anomalib's CLI parses them (jsonargparse, the class signature)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(registered_models()[name], "model")
+    return parser
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_cli_shows_at_most_15_arguments_with_anomalibs_four_components(name: str) -> None:
+    # issue 17: a dozen knobs plus anomalib's four components, which reach AnomalibModule through
+    # ``**components`` and keep its types and ``default: True`` in ``--help``
+    parser = _model_parser(name)
+    defaults = vars(parser.get_defaults().model)
+    assert len(defaults) <= 15, sorted(defaults)
+    assert {key: defaults[key] for key in COMPONENTS} == dict.fromkeys(COMPONENTS, True)
+    help_text = parser.format_help()
+    for key in COMPONENTS:
+        entry = help_text.rsplit(f"--model.{key} ", 1)[1].split("--model.", 1)[0]  # the option, not the usage
+        entry = " ".join(entry.split())
+        assert "default: True" in entry, f"{name}: --model.{key} shows no default"
+        type_text = entry.split("(type: ", 1)[1].split(", default", 1)[0]
+        assert "Any" not in type_text, f"{name}: --model.{key} lost anomalib's type: {type_text}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_a_component_given_on_the_command_line_reaches_the_model(name: str) -> None:
+    parser = _model_parser(name)
+    light = [f"--model.{key}={value}" for key, value in _light_args(name).items()]
+    resize = {"class_path": "torchvision.transforms.v2.Resize", "init_args": {"size": [128, 128]}}
+    pre_processor = {"class_path": "anomalib.pre_processing.PreProcessor", "init_args": {"transform": resize}}
+    arguments = [*light, "--model.visualizer=false", "--model.evaluator=false"]
+    config = parser.parse_args([*arguments, f"--model.pre_processor={json.dumps(pre_processor)}"])
+    model = parser.instantiate_classes(config).model
+    assert model.visualizer is None
+    assert model.evaluator is None
+    assert isinstance(model.pre_processor, PreProcessor)
+    assert list(model.pre_processor.transform.size) == [128, 128]
+    assert "visualizer" not in model.hparams
 
 
 # Minimal constructor arguments of each datamodule (nothing is read until setup).

@@ -100,7 +100,3 @@ def test_a_bad_choice_fails_at_parse_time_naming_the_choices(init_args: dict, fi
         "fusion_upsample_mode": "bilinear",
     }
     assert choices[field] in str(error.value)
-
-
-def test_at_most_15_arguments() -> None:
-    assert len(DEFAULTS) <= 15

@@ -31,11 +31,7 @@ from typing import Any
 
 import torch
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
@@ -62,10 +58,9 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         bottleneck: MSFF, SCSAtt and OCE ablations (:class:`~anomalib_ext.models.fmgrd.config.BottleneckConfig`).
         fmm: Feature mask generation ablations (:class:`~anomalib_ext.models.fmgrd.config.FMMConfig`).
         training: Loss, optimiser and early stopping (:class:`~anomalib_ext.models.fmgrd.config.TrainingConfig`).
-        pre_processor: Pre-processor, or ``True`` for the default (256x256, ImageNet normalisation).
-        post_processor: Post-processor, or ``True`` for the default (order-preserving normalisation).
-        evaluator: Evaluator, or ``True`` for the package's metrics.
-        visualizer: Visualizer, or ``True`` for anomalib's.
+        **components: anomalib's ``pre_processor``, ``post_processor``, ``evaluator`` and ``visualizer``
+            (:class:`~anomalib.models.components.AnomalibModule`); ``True``, the default, takes this
+            model's ``configure_*`` method, for the pre-processor a 256 x 256 resize with ImageNet normalisation.
     """
 
     frozen_modules = ("encoder",)
@@ -88,12 +83,9 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
         bottleneck: BottleneckConfig = BottleneckConfig(),
         fmm: FMMConfig = FMMConfig(),
         training: TrainingConfig = TrainingConfig(),
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **components: Any,
     ) -> None:
-        super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        super().__init__(**components)
         self.model = FmgrdModel(
             backbone=backbone,
             input_size=self.fixed_input_size("the anomaly map is resized to it"),

@@ -42,11 +42,8 @@ from typing import Any
 
 import torch
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Resize
 
@@ -87,11 +84,10 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
         training: Loss (lambda 140), Adam and StepLR (30 epochs, x0.8)
             (:class:`~anomalib_ext.models.mldfr.config.TrainingConfig`).
         anomaly_map: Map reduction and image score (:class:`~anomalib_ext.models.mldfr.config.AnomalyMapConfig`).
-        pre_processor: Pre-processor or ``True`` for the default (Resize only to 384 px; the model
-            normalises). Set another size with ``MLDFR.configure_pre_processor(image_size=...)``.
-        post_processor: Post-processor, or ``True`` for the default (order-preserving normalisation).
-        evaluator: Evaluator, or ``True`` for the package's metrics (image/pixel AUROC, F1-max, AUPRO at FPR 0.3).
-        visualizer: Visualizer, or ``True`` for anomalib's.
+        **components: anomalib's ``pre_processor``, ``post_processor``, ``evaluator`` and ``visualizer``
+            (:class:`~anomalib.models.components.AnomalibModule`); ``True``, the default, takes this
+            model's ``configure_*`` method, for the pre-processor a resize only, to 384 px (the model
+            normalises; another size: ``MLDFR.configure_pre_processor(image_size=...)``).
     """
 
     frozen_modules = ("feature_extractor",)
@@ -117,16 +113,16 @@ class MLDFR(AnomalibExtModule, AnomalibModule):
         damage: DamageConfig = DamageConfig(),
         training: TrainingConfig = TrainingConfig(),
         anomaly_map: AnomalyMapConfig = AnomalyMapConfig(),
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **components: Any,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self._resize_pre_processor(
+        # the default pre-processor replaced after the call: editing ``components``, or reading it with
+        # ``.get``, makes jsonargparse type the components ``Any`` in ``--help``
+        default_pre_processor = "pre_processor" not in components or components["pre_processor"] is True
+        super().__init__(**components)
+        if default_pre_processor:
+            self.pre_processor = self._resize_pre_processor(
                 PAPER_IMAGE_SIZE, features.center_crop, features.resize_interpolation
             )
-        super().__init__(pre_processor, post_processor, evaluator, visualizer)
         self._model_kwargs: dict[str, Any] = {
             "cnn_backbone": cnn_backbone,
             "cnn_layers": list(cnn_layers),

@@ -38,11 +38,8 @@ from anomalib.callbacks.checkpoint import ModelCheckpoint
 from anomalib.data import Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.data.utils import ValSplitMode
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
@@ -89,10 +86,9 @@ class N2N(AnomalibExtModule, AnomalibModule):
             (:class:`~anomalib_ext.models.n2n.config.ErrorMapConfig`).
         training: Loss reduction, AdamW, schedule and early-stopping monitor
             (:class:`~anomalib_ext.models.n2n.config.TrainingConfig`).
-        pre_processor: Pre-processor, or ``True`` for Resize(256, 256) + Normalize(0.5, 0.5).
-        post_processor: Post-processor, or ``True`` for the default (order-preserving normalisation).
-        evaluator: Evaluator, or ``True`` for the package's metrics.
-        visualizer: Visualizer, or ``True`` for anomalib's.
+        **components: anomalib's ``pre_processor``, ``post_processor``, ``evaluator`` and ``visualizer``
+            (:class:`~anomalib.models.components.AnomalibModule`); ``True``, the default, takes this
+            model's ``configure_*`` method, for the pre-processor Resize(256, 256) + Normalize(0.5, 0.5).
     """
 
     #: INT8_PTQ quantises the reconstruction network's operations only (the types that also bound the
@@ -115,12 +111,9 @@ class N2N(AnomalibExtModule, AnomalibModule):
         noise: NoiseConfig = NoiseConfig(),
         error_map: ErrorMapConfig = ErrorMapConfig(),
         training: TrainingConfig = TrainingConfig(),
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **components: Any,
     ) -> None:
-        super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        super().__init__(**components)
         self.base_channels = base_channels
         self.input_unshuffle = input_unshuffle
         self.noise_lambda = noise_lambda

@@ -40,11 +40,8 @@ from typing import Any
 
 import torch
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
@@ -88,11 +85,10 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         phase1: Eq. 14 weights and phase-1 ablations (:class:`~anomalib_ext.models.rbae.config.Phase1Config`).
         phase2: Eq. 17 weights, reference choice and phase-2 ablations
             (:class:`~anomalib_ext.models.rbae.config.Phase2Config`).
-        pre_processor: Pre-processor, or ``True`` for the resize-only default (256 x 256, no
-            normalisation); its output size sizes the reference buffers and must be divisible by 64.
-        post_processor: Post-processor, or ``True`` for the default (order-preserving normalisation).
-        evaluator: Evaluator, or ``True`` for the package's metrics (AUPRO at FPR 0.3, A31).
-        visualizer: Visualizer, or ``True`` for anomalib's.
+        **components: anomalib's ``pre_processor``, ``post_processor``, ``evaluator`` and ``visualizer``
+            (:class:`~anomalib.models.components.AnomalibModule`); ``True``, the default, takes this
+            model's ``configure_*`` method, for the pre-processor a resize only, to 256 x 256 (its output
+            size sizes the reference buffers and must be divisible by 64).
     """
 
     @group_arguments
@@ -109,10 +105,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         defects: DefectConfig = DefectConfig(),
         phase1: Phase1Config = Phase1Config(),
         phase2: Phase2Config = Phase2Config(),
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **components: Any,
     ) -> None:
         if not 0 < phase1_fraction < 1:
             msg = f"phase1_fraction must be in (0, 1) (share of the optimiser steps in phase 1), got {phase1_fraction}."
@@ -132,7 +125,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
                 "textures (offline)."
             )
             raise ValueError(msg)
-        super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        super().__init__(**components)
         input_size = self.fixed_input_size("its reference buffers are built for it")
         self.automatic_optimization = False
         self.phase1_fraction = phase1_fraction

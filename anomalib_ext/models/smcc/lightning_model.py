@@ -43,7 +43,6 @@ from anomalib.metrics import AUROC, Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
@@ -80,10 +79,9 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         clustering: The centre set (:class:`~anomalib_ext.models.smcc.config.ClusteringConfig`).
         training: Loss and optimiser (:class:`~anomalib_ext.models.smcc.config.TrainingConfig`).
         scoring: Bank refresh, k-NN score and map (:class:`~anomalib_ext.models.smcc.config.ScoringConfig`).
-        pre_processor: Pre-processor, or ``True`` for :meth:`configure_pre_processor` at ``image_size``.
-        post_processor: Post-processor, or ``True`` for anomalib's.
-        evaluator: Evaluator, or ``True`` for the package's metrics (image/pixel AUROC, F1, AUPRO at FPR 0.3).
-        visualizer: Visualizer, or ``True`` for anomalib's.
+        **components: anomalib's ``pre_processor``, ``post_processor``, ``evaluator`` and ``visualizer``
+            (:class:`~anomalib.models.components.AnomalibModule`); ``True``, the default, takes this
+            model's ``configure_*`` method, for the pre-processor :meth:`configure_pre_processor` at ``image_size``.
     """
 
     #: INT8_PTQ quantises the backbone's convolutions and the k-NN ``MatMul`` (the memory bank, most of the
@@ -105,14 +103,14 @@ class SMCC(AnomalibExtModule, AnomalibModule):
         clustering: ClusteringConfig = ClusteringConfig(),
         training: TrainingConfig = TrainingConfig(),
         scoring: ScoringConfig = ScoringConfig(),
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **components: Any,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size)
-        super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        # the default pre-processor replaced after the call: editing ``components``, or reading it with
+        # ``.get``, makes jsonargparse type the components ``Any`` in ``--help``
+        default_pre_processor = "pre_processor" not in components or components["pre_processor"] is True
+        super().__init__(**components)
+        if default_pre_processor:
+            self.pre_processor = self.configure_pre_processor(image_size)
         if n_components < 2 and training.lambda_o > 0:
             msg = f"n_components must be >= 2 when lambda_o > 0 (L_o needs a second-nearest centre), got {n_components}"
             raise ValueError(msg)
