@@ -200,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--publish-images", type=Path, default=Path("docs/images/benchmarks"), help="folder of the published charts"
     )
+    parser.add_argument(
+        "--publish-records",
+        type=Path,
+        default=Path("benchmarks/published"),
+        help="with --publish, the folder that gets the run's records and run.json (committed, for --reuse-records)",
+    )
+    parser.add_argument(
+        "--reuse-records",
+        type=Path,
+        default=None,
+        help="first copy this folder's records (one that --publish-records wrote) into the run folder where it has "
+        "none; the jobs whose settings and model code still match are then reused, the others run",
+    )
     return parser
 
 
@@ -473,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0 (failed jobs are recorded, not fatal), 2 on a bad command line."""
     from benchmarks.profiles import PROFILES
     from benchmarks.report import publish, write_report
-    from benchmarks.runner import Runner, load_record, make_jobs, write_run_info
+    from benchmarks.runner import Runner, load_record, make_jobs, save_records, seed_records, write_run_info
 
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -528,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         int8_types=int8_types,
     )
     started = datetime.now(timezone.utc)
+    if args.reuse_records:
+        try:
+            copied = seed_records(jobs, output, args.reuse_records)
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        console.print(f"reuse-records: {copied} record(s) copied from {args.reuse_records}", highlight=False)
     if args.report_only:
         records = [r for r in (load_record(output / "records" / f"{job.key}.json") for job in jobs) if r]
     else:
@@ -569,7 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     written = write_report(records, output)
     if args.publish:
         publish(records, output, args.publish, args.publish_images)
-        console.print(f"published: {args.publish}, charts in {args.publish_images}", highlight=False)
+        saved = save_records(jobs, output, args.publish_records)
+        console.print(
+            f"published: {args.publish}, charts in {args.publish_images}, {len(saved)} records in "
+            f"{args.publish_records}",
+            highlight=False,
+        )
     failed = sum(1 for r in records if r.get("error"))
     console.print(
         f"report: {written['markdown'][0]}, {len(written['charts'])} charts, "

@@ -462,12 +462,14 @@ def heatmap_grid(frame: pd.DataFrame, dataset: str, category: str, path: Path) -
     """Grid of anomaly-map overlays: a row per model (its lowest seed), a column per test image (same for all)."""
     rows = frame[(frame["dataset"] == dataset) & (frame["category"] == category)]
     rows = rows.sort_values("seed", kind="stable").drop_duplicates("model")
-    loaded = []
+    loaded, without_maps = [], []
     for _, row in rows.iterrows():
         file = row.get("heatmaps")
         if isinstance(file, str) and Path(file).is_file():
             with np.load(file) as data:
                 loaded.append((row["model"], {k: data[k] for k in data.files}))
+        elif not row.get("error"):  # a record reused from another folder (--reuse-records) has no arrays here
+            without_maps.append(str(row["model"]))
     if not loaded:
         return None
     reference = loaded[0][1]
@@ -492,7 +494,10 @@ def heatmap_grid(frame: pd.DataFrame, dataset: str, category: str, path: Path) -
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    fig.suptitle(f"{dataset} / {category}: anomaly maps (jet; each model's maps scaled together)", fontsize=9)
+    title = f"{dataset} / {category}: anomaly maps (jet; each model's maps scaled together)"
+    if without_maps:
+        title += f"\nno maps in this run folder for {', '.join(without_maps)} (records reused from elsewhere)"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)

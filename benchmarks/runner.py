@@ -18,6 +18,12 @@ model edited after its job ran is run again while the others are reused;
 a failed record is reused too unless ``retry_failed`` is set, so a model that crashes is not
 re-run every time. A worker that dies without writing its record (segfault, out of memory,
 timeout) is recorded with the exit status and the tail of its log.
+
+The records of a published run are small (about 1.3 KB a job) and are committed with the page
+(:func:`save_records`, ``--publish``), so a fresh checkout can resume that run:
+:func:`seed_records` (``--reuse-records``) copies them into a run folder that lacks them, and only the
+jobs whose settings (model code included) have changed since run again. Their heat-map arrays are not
+committed (about 2 MB a job): a heat-map grid then shows the models that ran in this folder.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -217,6 +224,47 @@ def load_record(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def save_records(jobs: list[Job], output: Path, folder: Path) -> list[Path]:
+    """Copy the stored records of ``jobs`` and ``run.json`` from the run folder ``output`` into ``folder``.
+
+    ``folder``'s old records are removed first, so it holds exactly the published run. Jobs without a
+    stored record are left out.
+    """
+    records = Path(folder) / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    for old in records.glob("*.json"):
+        old.unlink()
+    saved = []
+    for job in jobs:
+        source = Path(output) / "records" / f"{job.key}.json"
+        if load_record(source) is not None:
+            saved.append(Path(shutil.copy2(source, records / source.name)))
+    if (Path(output) / "run.json").is_file():
+        shutil.copy2(Path(output) / "run.json", Path(folder) / "run.json")
+    return saved
+
+
+def seed_records(jobs: list[Job], output: Path, folder: Path) -> int:
+    """Copy ``folder``'s record of each job into the run folder ``output`` where it has none; return how many.
+
+    A copied record is then reused like one the run wrote itself: only when the job's settings hash
+    (model code and config included) still matches it.
+    """
+    source = Path(folder) / "records"
+    if not source.is_dir():
+        msg = f"--reuse-records {folder}: no records/ folder there (expected the folder --publish-records wrote)."
+        raise FileNotFoundError(msg)
+    target = Path(output) / "records"
+    target.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for job in jobs:
+        record, destination = source / f"{job.key}.json", target / f"{job.key}.json"
+        if not destination.exists() and load_record(record) is not None:
+            shutil.copy2(record, destination)
+            copied += 1
+    return copied
 
 
 def should_reuse(record: dict[str, Any] | None, settings: str, retry_failed: bool) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.runner import Job, Runner, load_record, should_reuse
+from benchmarks.runner import Job, Runner, load_record, save_records, seed_records, should_reuse
 
 FAKE_WORKER = """
 import json, os, sys, time
@@ -149,3 +149,29 @@ def test_each_seed_is_a_job_of_its_own_and_resumes_on_its_own(tmp_path: Path, fa
     ]
     Runner(output, python=fake_python).run([make_job("A", seed=0), make_job("A", seed=1), make_job("A", seed=2)])
     assert calls(output) == ["A", "A", "A"]  # only the new seed ran
+
+
+def test_published_records_let_a_fresh_run_folder_rerun_only_the_changed_jobs(tmp_path: Path, fake_python: str):
+    first = tmp_path / "run"
+    Runner(first, python=fake_python).run([make_job("A"), make_job("B"), make_job("C")])
+    (first / "run.json").write_text("{}")
+    published = tmp_path / "published"
+    (published / "records").mkdir(parents=True)
+    (published / "records" / "stale.json").write_text("{}")
+    saved = save_records([make_job("A"), make_job("B")], first, published)
+    assert sorted(path.name for path in saved) == ["cpu__Toy__a__A__s0.json", "cpu__Toy__a__B__s0.json"]
+    assert sorted(path.name for path in (published / "records").iterdir()) == [path.name for path in sorted(saved)]
+    assert (published / "run.json").is_file()
+
+    fresh = tmp_path / "fresh"  # a new checkout: B unchanged, A's settings (its code or config) changed
+    jobs = [make_job("A", epochs=2), make_job("B")]
+    assert seed_records(jobs, fresh, published) == 2
+    records = Runner(fresh, python=fake_python).run(jobs)
+    assert calls(fresh) == ["A"]
+    assert [record["model"] for record in records] == ["A", "B"]
+    assert seed_records(jobs, fresh, published) == 0  # never over a record the folder has
+
+
+def test_reuse_records_names_a_folder_without_records(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"--reuse-records .*nowhere.*records/"):
+        seed_records([make_job("A")], tmp_path / "run", tmp_path / "nowhere")
