@@ -468,7 +468,7 @@ def heatmap_grid(frame: pd.DataFrame, dataset: str, category: str, path: Path) -
         if isinstance(file, str) and Path(file).is_file():
             with np.load(file) as data:
                 loaded.append((row["model"], {k: data[k] for k in data.files}))
-        elif not row.get("error"):  # a record reused from another folder (--reuse-records) has no arrays here
+        elif pd.isna(row.get("error")):  # a record reused from another folder (--reuse-records): no arrays here
             without_maps.append(str(row["model"]))
     if not loaded:
         return None

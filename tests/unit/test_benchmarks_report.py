@@ -255,3 +255,22 @@ def test_publish_replaces_only_the_marked_section_and_copies_charts(tmp_path: Pa
     assert (tmp_path / "docs" / "images" / "benchmarks" / "heatmaps_DemoTextures_brick.png").is_file()
     publish(records, out, page, tmp_path / "docs" / "images" / "benchmarks")
     assert page.read_text() == text  # idempotent
+
+
+def test_a_heatmap_grid_names_the_models_whose_maps_are_not_in_the_run_folder(tmp_path: Path, monkeypatch):
+    import matplotlib.figure
+
+    from benchmarks.report import heatmap_grid
+
+    records = [r for r in fake_records(tmp_path) if r["dataset"] == "DemoTextures" and r["category"] == "brick"]
+    for record in records:
+        if record["model"] == "Padim":
+            record["heatmaps"] = str(tmp_path / "elsewhere" / "heatmaps.npz")  # reused: its arrays stayed behind
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "suptitle", lambda self, text, **kw: titles.append(text) or original(self, text, **kw)
+    )
+    assert heatmap_grid(records_frame(records), "DemoTextures", "brick", tmp_path / "grid.png") is not None
+    assert "no maps in this run folder for Padim" in titles[-1]
+    assert "MLDFR" not in titles[-1].split("\n", 1)[-1]  # its maps are here
