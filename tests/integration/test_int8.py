@@ -56,7 +56,7 @@ OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 # on 12 held-out images, compared on the other 12):
 #
 #   model   FP16 raw map / score   INT8 raw map   INT8 raw score   INT8 post-processed score
-#   FMGRD   0.0007 / 0.0004        0.041          0.033            0.006
+#   FMGRD   0.0008 / 0.0006        0.071          0.033            0.006  (2026-12-07, separable map blur)
 #   MLDFR   0.0009 / 0.0009        0.089          0.098            0.019
 #   N2N     0.0019 / 0.0040        0.052          0.053            0.013
 #   RBAE    0.0012 / 0.0038        0.071          0.166            0.044

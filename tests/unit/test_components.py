@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 
 import pytest
 import torch
-from anomalib.models.components import AnomalibModule
+from anomalib.models.components import AnomalibModule, GaussianBlur2d
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import seed_everything
 from torch import nn
@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import Resize
 
 from anomalib_ext.models.components import as_config
 from anomalib_ext.models.components.base import AnomalibExtModule
-from anomalib_ext.models.components.scoring import AnomalyScorer, ScoreMode, image_score
+from anomalib_ext.models.components.scoring import AnomalyScorer, GaussianBlur, ScoreMode, image_score
 from anomalib_ext.post_processing import OrderPreservingPostProcessor
 from anomalib_ext.registry import registered_models
 from tests.helpers.tiny import TINY, build
@@ -38,6 +38,24 @@ def test_scorer_smooths_with_anomalibs_gaussian_and_scores_the_smoothed_map() ->
     assert output.pred_score.shape == (1,)
     assert output.pred_score.item() == pytest.approx(1 / (2 * torch.pi * 4), rel=0.02)  # peak of a 2-D Gaussian
     assert AnomalyScorer(sigma=0)(anomaly_map).pred_score.item() == 1.0
+
+
+@pytest.mark.parametrize(("sigma", "channels"), [(1.0, 1), (4.0, 1), (8.0, 2)])
+def test_separable_blur_equals_anomalibs_2d_blur_up_to_the_border(sigma: float, channels: int) -> None:
+    maps = torch.rand(2, channels, 70, 90, generator=torch.Generator().manual_seed(0))
+    expected = GaussianBlur2d(sigma=sigma, channels=channels)(maps)
+    torch.testing.assert_close(GaussianBlur(sigma, channels)(maps), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_separable_blur_loads_a_checkpoint_that_holds_anomalibs_2d_kernel() -> None:
+    """Models saved while the scorer used anomalib's ``GaussianBlur2d`` (a persistent ``k x k`` kernel) still load."""
+    old = nn.Sequential(GaussianBlur2d(sigma=4.0, channels=1))
+    new = nn.Sequential(GaussianBlur(4.0))
+    assert "0.kernel" in old.state_dict()
+    assert "0.kernel" not in new.state_dict()
+    new.load_state_dict(old.state_dict())  # strict: the stale 2-D kernel is dropped, not reported
+    with pytest.raises(ValueError, match="sigma=0"):
+        GaussianBlur(0)
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [({"sigma": -1}, "sigma"), ({"topk_fraction": 0}, "topk_fraction")])

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from anomalib.data import InferenceBatch
+from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 
 from anomalib_ext.backbones import packaged_state_dict
 from anomalib_ext.models import FMGRD
@@ -250,6 +251,16 @@ def test_score_sigma_scores_the_narrow_map_and_returns_the_wide_one():
     )
 
 
+@pytest.mark.parametrize("mode", ["add", "multiply"])
+def test_map_is_anomalib_reverse_distillation_map(mode):
+    """The map is anomalib's RD map of ``(F_E, F_G)``, computed with a separable blur."""
+    teacher, generated = _outlier_features()
+    model = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=4, anomaly_map_mode=mode).eval()
+    reference = AnomalyMapGenerator(image_size=(64, 64), sigma=4, mode=AnomalyMapGenerationMode(mode))
+    output = model.predict(teacher, generated)
+    torch.testing.assert_close(output.anomaly_map, reference(teacher, generated), rtol=1e-5, atol=1e-6)
+
+
 def test_score_levels_leave_an_outlier_of_the_finest_level_out_of_the_score_only():
     """The outlier sits in level 0: scored on levels 1 and 2 it no longer lifts the image score."""
     teacher, generated = _outlier_features()
@@ -261,11 +272,12 @@ def test_score_levels_leave_an_outlier_of_the_finest_level_out_of_the_score_only
     clean[0][0, :, 3, 11] = teacher[0][0, :, 3, 11] + 0.15
     without = FmgrdModel("resnet18", **kwargs).eval().predict(teacher, clean)
     assert every.pred_score > without.pred_score + 0.1  # the outlier drives the all-level score
-    reference = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False, sigma=2).eval()
-    expected = reference.anomaly_map_generator(teacher[1:], generated[1:]).amax()
+    reference = AnomalyMapGenerator(image_size=(64, 64), sigma=2, mode=AnomalyMapGenerationMode.ADD)  # RD map, summed
+    expected = reference(teacher[1:], generated[1:]).amax()
     torch.testing.assert_close(coarse.pred_score, expected.reshape(1))
     wide = FmgrdModel("resnet18", score_levels=(1, 2), **{**kwargs, "sigma": 2, "score_sigma": 4}).eval()
-    widened = wide.widen(reference.anomaly_map_generator(teacher[1:], generated[1:])).amax()
+    assert wide.widen is not None
+    widened = wide.widen(reference(teacher[1:], generated[1:])).amax()
     torch.testing.assert_close(wide.predict(teacher, generated).pred_score, widened.reshape(1))
 
 

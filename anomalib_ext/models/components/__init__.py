@@ -3,12 +3,13 @@
 from .base import AnomalibExtModule
 from .config import as_config, group_arguments
 from .feature_cache import FrozenFeatureCache
-from .scoring import AnomalyScorer, ScoreMode, ScoreModeName, image_score
+from .scoring import AnomalyScorer, GaussianBlur, ScoreMode, ScoreModeName, image_score
 
 __all__ = [
     "AnomalibExtModule",
     "AnomalyScorer",
     "FrozenFeatureCache",
+    "GaussianBlur",
     "ScoreMode",
     "ScoreModeName",
     "as_config",

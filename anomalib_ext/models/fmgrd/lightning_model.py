@@ -113,7 +113,7 @@ class FMGRD(AnomalibExtModule, AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the saved pre-processor, then make the map as large as its input size."""
         super().on_load_checkpoint(checkpoint)
-        self.model.anomaly_map_generator.image_size = tuple(self.input_size)
+        self.model.input_size = tuple(self.input_size)
 
     def configure_optimizers(self) -> torch.optim.Adam:
         """Adam (paper section 4.2) with eq. 14's L2 term as coupled weight decay ``2 * lambda_R`` (A12)."""

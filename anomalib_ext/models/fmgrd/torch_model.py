@@ -4,7 +4,10 @@ Frozen teacher ``E`` -> ``F_E^1..3``; bottleneck ``F_B = OCE(SCSAtt(MSFF(F_E)))`
 decoder -> ``F_D^1..3``; one feature mask generation module per level -> ``F_G^i = FMM_i(F_D^i)``.
 Training returns ``(F_E, F_G, F_D)`` for the loss; eval returns an ``InferenceBatch`` whose map is
 anomalib's Reverse Distillation map of ``(F_E, F_G)`` (per-level ``1 - cos``, eq. 12, upsampled, summed,
-Gaussian-smoothed) and whose score is its maximum (or another :class:`ScoreMode`).
+Gaussian-smoothed) and whose score is its maximum (or another :class:`ScoreMode`). The map is computed
+here rather than by anomalib's RD ``AnomalyMapGenerator``, which builds a 2-D Gaussian kernel on every
+call and convolves with all of it; :class:`~anomalib_ext.models.components.GaussianBlur` gives the same
+map in two 1-D passes (its docstring has the timing).
 
 Example:
     >>> model = FmgrdModel("resnet18", input_size=(64, 64), pre_trained=False)
@@ -22,14 +25,14 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from anomalib.data import InferenceBatch
-from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.backbone import get_decoder
-from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
+from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
 from torch import nn
 
 from anomalib_ext.backbones import FeatureExtractor, split_name
-from anomalib_ext.models.components import ScoreMode, image_score
+from anomalib_ext.models.components import GaussianBlur, ScoreMode, image_score
 
 from .components import (
     BasicBlockDecoder,
@@ -137,10 +140,10 @@ class FmgrdModel(nn.Module):
         # anomalib's RD map at the narrower of the two widths; the wider map is that one blurred again by
         # sqrt(wide^2 - narrow^2) (Gaussian widths add in quadrature), so one map serves both when they differ
         narrow, wide = sorted((sigma, score_sigma))
-        self.anomaly_map_generator = AnomalyMapGenerator(
-            image_size=tuple(input_size), sigma=narrow, mode=AnomalyMapGenerationMode(anomaly_map_mode)
-        )
-        self.widen = GaussianBlur2d(sigma=math.sqrt(wide**2 - narrow**2), channels=1) if wide > narrow else None
+        self.input_size = tuple(int(side) for side in input_size)
+        self.anomaly_map_mode = AnomalyMapGenerationMode(anomaly_map_mode)
+        self.blur = GaussianBlur(narrow)
+        self.widen = GaussianBlur(math.sqrt(wide**2 - narrow**2)) if wide > narrow else None
         self.score_from_narrow = score_sigma < sigma
         self.score_mode = ScoreMode(score_mode)
         if score_levels is not None and (not score_levels or not set(score_levels) <= {0, 1, 2}):
@@ -184,14 +187,34 @@ class FmgrdModel(nn.Module):
             current = regenerated if self.fmm_config.inline else feature  # A8: side branch unless inline
         return generated, decoded
 
+    def _combine(self, level_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Anomalib's RD map of the given levels, before its blur: their sum (``add``) or product (``multiply``)."""
+        combined = level_maps[0]
+        for level_map in level_maps[1:]:
+            combined = (
+                combined * level_map
+                if self.anomaly_map_mode == AnomalyMapGenerationMode.MULTIPLY
+                else combined + level_map
+            )
+        return combined
+
     def predict(self, teacher: list[torch.Tensor], generated: list[torch.Tensor]) -> InferenceBatch:
         """Anomaly map ``(B, 1, H, W)`` (eq. 12 per level, A15) and the image score ``(B,)``."""
-        narrow = self.anomaly_map_generator(teacher, generated)
+        # per level 1 - cos(F_E, F_G) at the input size, as anomalib's RD AnomalyMapGenerator computes it
+        level_maps = [
+            F.interpolate(
+                (1 - F.cosine_similarity(level_teacher, level_generated)).unsqueeze(1),
+                size=self.input_size,
+                mode="bilinear",
+                align_corners=True,
+            )
+            for level_teacher, level_generated in zip(teacher, generated, strict=True)
+        ]
+        narrow = self.blur(self._combine(level_maps))
         wide = narrow if self.widen is None else self.widen(narrow)
         score_map, anomaly_map = (narrow, wide) if self.score_from_narrow else (wide, narrow)
         if self.score_levels is not None:
-            levels = self.score_levels
-            score_map = self.anomaly_map_generator([teacher[i] for i in levels], [generated[i] for i in levels])
+            score_map = self.blur(self._combine([level_maps[i] for i in self.score_levels]))
             if not self.score_from_narrow and self.widen is not None:
                 score_map = self.widen(score_map)
         return InferenceBatch(pred_score=image_score(score_map, self.score_mode), anomaly_map=anomaly_map)
