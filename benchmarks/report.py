@@ -568,11 +568,20 @@ def run_line(frame: pd.DataFrame, info: dict[str, Any]) -> str:
     hardware = info.get("hardware", {})
     versions = info.get("versions", {})
     job_minutes = float(_numeric(frame, "wall_time_s").sum()) / 60
+    others, steal = _numeric(frame, "others_cpu_s"), _numeric(frame, "steal_s")
+    if others.notna().any():
+        measured = f"{int(others.notna().sum())} of {len(frame)} jobs"
+        share = (
+            f"while the jobs ran, other processes used {others.sum() / 60:.1f} CPU-min and the hypervisor "
+            f"withheld {steal.sum() / 60:.1f} min (steal; measured for {measured})"
+        )
+    else:
+        share = "the machine's other load was not recorded"
     return (
         f"Run finished {info.get('finished_at', '?')}; the jobs' own times add up to {job_minutes:.1f} min "
         f"(the last invocation of the command took {float(info.get('wall_time_s') or 0) / 60:.1f} min), on "
         f"{hardware.get('cpu', '?')} ({hardware.get('cores_available', '?')} cores, "
-        f"{hardware.get('ram_gib', '?')} GiB RAM, shared with other jobs), {info.get('torch_threads', '?')} "
+        f"{hardware.get('ram_gib', '?')} GiB RAM; {share}), {info.get('torch_threads', '?')} "
         f"thread(s) per job, {_seeds_text(frame)}; torch {versions.get('torch')}, anomalib "
         f"{versions.get('anomalib')}, OpenVINO {versions.get('openvino')}, timm {versions.get('timm')}; commit "
         f"`{str(info.get('git_commit') or '?')[:10]}`. Command: `{info.get('command', '?')}`."

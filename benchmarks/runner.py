@@ -393,6 +393,7 @@ class Runner:
         }
         env.setdefault("HF_HUB_OFFLINE", "1")
         start = time.monotonic()
+        counters = machine_counters()
         with log_file.open("w") as log:
             process = subprocess.Popen(
                 [self.python, "-m", "benchmarks.worker", str(job_file)],
@@ -412,6 +413,7 @@ class Runner:
                 self.progress(
                     "poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)}
                 )
+        machine = machine_share(counters, machine_counters())
         record = load_record(record_file)
         so_far = load_record(so_far_file) or {}
         record_file.unlink(missing_ok=True)
@@ -421,7 +423,7 @@ class Runner:
                 record["traceback_file"] = str(errors_dir / f"{job.key}.txt")
             if record.get("export_error"):
                 record["export_traceback_file"] = str(errors_dir / f"{job.key}.export.txt")
-            return record
+            return {**record, **machine}
         reason = (
             f"timeout after {self.timeout_s:.0f} s"
             if timed_out
@@ -431,7 +433,50 @@ class Runner:
             job, reason, f"{reason}\n--- last lines of {log_file} ---\n{_tail(log_file)}\n", errors_dir
         )
         # keep what the worker had measured before it died (accuracy, torch latency, ...)
-        return {**so_far, **failed, "wall_time_s": time.monotonic() - start}
+        return {**so_far, **failed, "wall_time_s": time.monotonic() - start, **machine}
+
+
+def _proc_stat_seconds(text: str) -> tuple[float, float] | None:
+    """Busy and steal seconds of all CPUs together from the text of ``/proc/stat`` (``None``: not Linux's)."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu" and len(fields) >= 9:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+            tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            return (user + nice + system + irq + softirq) / tick, steal / tick
+    return None
+
+
+def machine_counters() -> dict[str, float] | None:
+    """CPU time used so far by the machine, by this process and by its finished children, and steal time.
+
+    ``None`` where ``/proc/stat`` cannot be read (not Linux): the records then leave the share out.
+    """
+    try:
+        machine = _proc_stat_seconds(Path("/proc/stat").read_text())
+    except OSError:
+        return None
+    if machine is None:
+        return None
+    times = os.times()
+    return {
+        "busy": machine[0],
+        "steal": machine[1],
+        "ours": times.user + times.system + times.children_user + times.children_system,
+    }
+
+
+def machine_share(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+    """What else the machine did while a job ran: ``others_cpu_s`` and ``steal_s`` (empty if unknown).
+
+    ``others_cpu_s`` is the machine's busy CPU time minus the runner's and its worker's (so other processes:
+    a test run, a second benchmark; a few seconds of system daemons are normal), ``steal_s`` the time the
+    hypervisor gave the virtual CPUs to other guests. Both make a wall-clock time comparable, or not.
+    """
+    if before is None or after is None:
+        return {}
+    others = (after["busy"] - before["busy"]) - (after["ours"] - before["ours"])
+    return {"others_cpu_s": round(max(others, 0.0), 1), "steal_s": round(after["steal"] - before["steal"], 1)}
 
 
 def _read_progress(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.aggregate import category_statistics, curve_frame, curve_statistics, dataset_statistics
-from benchmarks.report import markdown_table, mean_std, records_frame, write_report
+from benchmarks.report import markdown_table, mean_std, records_frame, run_line, write_report
 
 # image AUROC by (model, category, seed): per-seed category means of Padim are 0.70 and 0.80.
 AUROC = {
@@ -274,3 +274,14 @@ def test_a_heatmap_grid_names_the_models_whose_maps_are_not_in_the_run_folder(tm
     assert heatmap_grid(records_frame(records), "DemoTextures", "brick", tmp_path / "grid.png") is not None
     assert "no maps in this run folder for Padim" in titles[-1]
     assert "MLDFR" not in titles[-1].split("\n", 1)[-1]  # its maps are here
+
+
+def test_the_run_line_says_what_else_the_machine_did_only_where_it_was_measured():
+    info = {"hardware": {"cpu": "EPYC", "cores_available": 2, "ram_gib": 23.5}, "finished_at": "now"}
+    base = {"dataset": "Toy", "category": "a", "model": "Padim", "seed": 0, "error": None, "wall_time_s": 60.0}
+    measured = records_frame([{**base, "others_cpu_s": 90.0, "steal_s": 30.0}, {**base, "seed": 1}])
+    line = run_line(measured, info)
+    assert "other processes used 1.5 CPU-min and the hypervisor withheld 0.5 min" in line
+    assert "measured for 1 of 2 jobs" in line
+    assert "was not recorded" in run_line(records_frame([base]), info)
+    assert "shared with other jobs" not in line

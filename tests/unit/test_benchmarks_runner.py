@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks.runner import Job, Runner, load_record, save_records, seed_records, should_reuse
+from benchmarks.runner import (
+    Job,
+    Runner,
+    _proc_stat_seconds,
+    load_record,
+    machine_counters,
+    machine_share,
+    save_records,
+    seed_records,
+    should_reuse,
+)
 
 FAKE_WORKER = """
 import json, os, sys, time
@@ -20,6 +32,14 @@ with open(calls, "a") as handle:
     handle.write(name + "\\n")
 if name == "Segfault":
     os._exit(139)
+if name == "Busy":  # another process, not the worker's waited-for child, burns 1 CPU-s during the job
+    import subprocess
+    done = job["record"] + ".burnt"
+    burn = "import time\\nwhile time.process_time() < 1.0: pass\\nopen(%r, 'w').close()" % done
+    subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    while not os.path.exists(done):
+        time.sleep(0.05)
+    time.sleep(0.2)
 if name == "Hang":
     so_far = job["record"].replace(".json", ".sofar.json")
     json.dump({"error": None, "image_AUROC": 0.7}, open(so_far, "w"))
@@ -124,8 +144,9 @@ def test_failed_jobs_are_reused_unless_retry_failed(tmp_path: Path, fake_python:
 
 
 def test_a_hung_job_is_killed_at_the_timeout(tmp_path: Path, fake_python: str):
-    record = Runner(tmp_path / "run", python=fake_python, timeout_s=1).run([make_job("Hang")])[0]
-    assert record["error"].startswith("timeout after 1 s")
+    # 3 s: a worker's interpreter can take over a second to start on a loaded 2-core machine
+    record = Runner(tmp_path / "run", python=fake_python, timeout_s=3).run([make_job("Hang")])[0]
+    assert record["error"].startswith("timeout after 3 s")
     assert record["image_AUROC"] == 0.7  # what was measured before the kill is kept
 
 
@@ -175,3 +196,37 @@ def test_published_records_let_a_fresh_run_folder_rerun_only_the_changed_jobs(tm
 def test_reuse_records_names_a_folder_without_records(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"--reuse-records .*nowhere.*records/"):
         seed_records([make_job("A")], tmp_path / "run", tmp_path / "nowhere")
+
+
+PROC_STAT = """cpu  1000 200 300 9000 50 10 20 400 0 0
+cpu0 500 100 150 4500 25 5 10 200 0 0
+intr 12345
+"""
+
+
+def test_proc_stat_gives_busy_and_steal_seconds_of_all_cpus():
+    tick = os.sysconf("SC_CLK_TCK")
+    # busy: user + nice + system + irq + softirq (idle and iowait are not; steal is its own)
+    assert _proc_stat_seconds(PROC_STAT) == ((1000 + 200 + 300 + 10 + 20) / tick, 400 / tick)
+    assert _proc_stat_seconds("intr 1\n") is None
+
+
+def test_machine_share_subtracts_the_runner_and_its_worker():
+    before = {"busy": 100.0, "steal": 5.0, "ours": 10.0}
+    after = {"busy": 160.0, "steal": 7.5, "ours": 58.0}
+    assert machine_share(before, after) == {"others_cpu_s": 12.0, "steal_s": 2.5}
+    assert machine_share(None, after) == {}
+
+
+@pytest.mark.skipif(machine_counters() is None, reason="needs Linux's /proc/stat")
+def test_own_cpu_time_includes_finished_children():
+    before = machine_counters()
+    subprocess.run([sys.executable, "-c", "import time\nwhile time.process_time() < 0.5: pass"], check=True)
+    assert machine_counters()["ours"] - before["ours"] >= 0.45
+
+
+@pytest.mark.skipif(machine_counters() is None, reason="needs Linux's /proc/stat")
+def test_cpu_used_by_other_processes_during_a_job_is_recorded(tmp_path: Path, fake_python: str):
+    quiet, busy = Runner(tmp_path / "run", python=fake_python).run([make_job("A"), make_job("Busy")])
+    assert {"others_cpu_s", "steal_s"} <= quiet.keys()
+    assert busy["others_cpu_s"] >= 0.9  # the 1 CPU-s of the process the worker did not wait for
