@@ -193,6 +193,24 @@ def test_int8_calibration_feeds_one_image_at_a_time_or_the_static_batch(
     assert seen == [(expected, 3, 8, 8)] * (8 // expected)
 
 
+def test_int8_weights_are_7_bit_in_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """8-bit weights overflow on CPUs without VNNI: SMCC's INT8 image AUROC 0.839 there, 0.931 with 7 bits."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    model = ov.convert_model(nn.Conv2d(3, 1, 1), example_input=torch.rand(1, 3, 8, 8), input=[(1, 3, 8, 8)])
+    seen: dict[str, object] = {}
+
+    def quantize(model: ov.Model, dataset: nncf.Dataset, **kwargs: object) -> ov.Model:
+        seen.update(kwargs)
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", quantize)
+    AnomalibExtModule._post_training_quantization_ov(model, _Calibration())
+    assert seen["advanced_parameters"].overflow_fix == OverflowFix.ENABLE
+
+
 @dataclass(frozen=True)
 class Group:
     size: tuple[int, int] = (1, 1)
