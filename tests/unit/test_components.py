@@ -172,43 +172,44 @@ class _Calibration:
         return torch.utils.data.DataLoader(self.val_data, batch_size=self.eval_batch_size)
 
 
+def _quantise(monkeypatch: pytest.MonkeyPatch, batch: int) -> tuple[list[tuple[int, ...]], dict[str, object]]:
+    """Run the package's INT8 quantiser on a 1 x 1 convolution, ``nncf.quantize`` replaced by a recorder.
+
+    Returns the shapes of the calibration items and the keyword arguments ``nncf.quantize`` was given.
+    """
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(nn.Conv2d(3, 1, 1), example_input=torch.rand(1, 3, 8, 8), input=[(batch, 3, 8, 8)])
+    shapes: list[tuple[int, ...]] = []
+    options: dict[str, object] = {}
+
+    def quantize(model: ov.Model, dataset: nncf.Dataset, **kwargs: object) -> ov.Model:
+        shapes.extend(tuple(item.shape) for item in dataset.get_inference_data())
+        options.update(kwargs)
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", quantize)
+    AnomalibExtModule._post_training_quantization_ov(model, _Calibration())
+    return shapes, options
+
+
 @pytest.mark.parametrize(("batch", "expected"), [(-1, 1), (2, 2)])
 def test_int8_calibration_feeds_one_image_at_a_time_or_the_static_batch(
     monkeypatch: pytest.MonkeyPatch, batch: int, expected: int
 ) -> None:
     """Batched calibration gave NNCF per-batch-item statistics on axes that are no longer images (SMCC: INT8
     image AUROC 0.500 in batches of 8, 0.860 image by image, f32 0.940)."""
-    import nncf
-    import openvino as ov
-
-    model = ov.convert_model(nn.Conv2d(3, 1, 1), example_input=torch.rand(1, 3, 8, 8), input=[(batch, 3, 8, 8)])
-    seen: list[tuple[int, ...]] = []
-
-    def quantize(model: ov.Model, dataset: nncf.Dataset, **kwargs: object) -> ov.Model:
-        seen.extend(tuple(item.shape) for item in dataset.get_inference_data())
-        return model
-
-    monkeypatch.setattr(nncf, "quantize", quantize)
-    AnomalibExtModule._post_training_quantization_ov(model, _Calibration())
-    assert seen == [(expected, 3, 8, 8)] * (8 // expected)
+    shapes, _ = _quantise(monkeypatch, batch)
+    assert shapes == [(expected, 3, 8, 8)] * (8 // expected)
 
 
 def test_int8_weights_are_7_bit_in_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     """8-bit weights overflow on CPUs without VNNI: SMCC's INT8 image AUROC 0.839 there, 0.931 with 7 bits."""
-    import nncf
-    import openvino as ov
     from nncf.quantization.advanced_parameters import OverflowFix
 
-    model = ov.convert_model(nn.Conv2d(3, 1, 1), example_input=torch.rand(1, 3, 8, 8), input=[(1, 3, 8, 8)])
-    seen: dict[str, object] = {}
-
-    def quantize(model: ov.Model, dataset: nncf.Dataset, **kwargs: object) -> ov.Model:
-        seen.update(kwargs)
-        return model
-
-    monkeypatch.setattr(nncf, "quantize", quantize)
-    AnomalibExtModule._post_training_quantization_ov(model, _Calibration())
-    assert seen["advanced_parameters"].overflow_fix == OverflowFix.ENABLE
+    _, options = _quantise(monkeypatch, 1)
+    assert options["advanced_parameters"].overflow_fix == OverflowFix.ENABLE
 
 
 @dataclass(frozen=True)
