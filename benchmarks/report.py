@@ -577,10 +577,12 @@ def run_line(frame: pd.DataFrame, info: dict[str, Any]) -> str:
         )
     else:
         share = "the machine's other load was not recorded"
+    # the CPU features that decide OpenVINO's kernels (recorded since 2026-12-07; "avx2" alone: no VNNI)
+    flags = f"{' '.join(hardware['cpu_flags']) or 'no AVX2'}; " if "cpu_flags" in hardware else ""
     return (
         f"Run finished {info.get('finished_at', '?')}; the jobs' own times add up to {job_minutes:.1f} min "
         f"(the last invocation of the command took {float(info.get('wall_time_s') or 0) / 60:.1f} min), on "
-        f"{hardware.get('cpu', '?')} ({hardware.get('cores_available', '?')} cores, "
+        f"{hardware.get('cpu', '?')} ({flags}{hardware.get('cores_available', '?')} cores, "
         f"{hardware.get('ram_gib', '?')} GiB RAM; {share}), {info.get('torch_threads', '?')} "
         f"thread(s) per job, {_seeds_text(frame)}; torch {versions.get('torch')}, anomalib "
         f"{versions.get('anomalib')}, OpenVINO {versions.get('openvino')}, timm {versions.get('timm')}; commit "

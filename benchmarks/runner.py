@@ -30,11 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
+import multiprocessing
+import multiprocessing.process
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -298,8 +302,16 @@ class Runner:
         retry_failed: Run again the jobs whose stored record is a failure.
         force: Ignore every stored record.
         progress: Callback ``(event, job, info)`` for progress display (``"start"``, ``"poll"``, ``"done"``).
-        python: Interpreter of the workers.
+        worker: Module run for each job: its ``main([job_file])`` returns the exit status.
         openvino_timeout_s: Wall-clock limit of the OpenVINO measurement of one precision.
+
+    Each job still runs in a process of its own, but a warm one: the runner imports ``worker`` (torch,
+    Lightning, anomalib: about 7 s on a 2-core CPU) once and forks a child per job, where starting
+    ``python -m benchmarks.worker`` paid that import for every job (about 2 minutes over an 88-job run,
+    more on a loaded machine). The runner itself never runs a torch operation or touches CUDA, so the
+    children start clean; they are the runner's own children, so their CPU time is told apart from other
+    processes' (``others_cpu_s``). ``HF_HUB_OFFLINE`` defaults to 1 in the runner before the import (the
+    hub reads it once, at import).
     """
 
     def __init__(
@@ -309,7 +321,7 @@ class Runner:
         retry_failed: bool = False,
         force: bool = False,
         progress: Callable[[str, Job, dict[str, Any]], None] | None = None,
-        python: str = sys.executable,
+        worker: str = "benchmarks.worker",
         openvino_timeout_s: float = 300,
     ) -> None:
         self.output = Path(output)
@@ -317,7 +329,7 @@ class Runner:
         self.retry_failed = retry_failed
         self.force = force
         self.progress = progress or (lambda *_: None)
-        self.python = python
+        self.worker = worker
         self.openvino_timeout_s = openvino_timeout_s
         for sub in ("records", "jobs", "errors", "logs", "artifacts"):
             (self.output / sub).mkdir(parents=True, exist_ok=True)
@@ -387,32 +399,19 @@ class Runner:
         }
         job_file = self.output / "jobs" / f"{job.key}.json"
         job_file.write_text(json.dumps(spec, indent=2, default=str))
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        env.setdefault("HF_HUB_OFFLINE", "1")
+        _preload(self.worker)
         start = time.monotonic()
         counters = machine_counters()
-        with log_file.open("w") as log:
-            process = subprocess.Popen(
-                [self.python, "-m", "benchmarks.worker", str(job_file)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=PROJECT_ROOT,
-                env=env,
-            )
-            timed_out = False
-            while process.poll() is None:
-                if time.monotonic() - start > self.timeout_s:
-                    process.kill()
-                    process.wait()
-                    timed_out = True
-                    break
-                time.sleep(0.5)
-                self.progress(
-                    "poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)}
-                )
+        process = _fork_worker(self.worker, job_file, log_file)
+        timed_out = False
+        while process.is_alive():
+            if time.monotonic() - start > self.timeout_s:
+                process.kill()
+                timed_out = True
+                break
+            process.join(0.5)
+            self.progress("poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)})
+        process.join()
         machine = machine_share(counters, machine_counters())
         record = load_record(record_file)
         so_far = load_record(so_far_file) or {}
@@ -427,13 +426,54 @@ class Runner:
         reason = (
             f"timeout after {self.timeout_s:.0f} s"
             if timed_out
-            else f"worker died with exit status {process.returncode} before writing its record"
+            else f"worker died with exit status {_exit_status(process.exitcode)} before writing its record"
         )
         failed = failure_record(
             job, reason, f"{reason}\n--- last lines of {log_file} ---\n{_tail(log_file)}\n", errors_dir
         )
         # keep what the worker had measured before it died (accuracy, torch latency, ...)
         return {**so_far, **failed, "wall_time_s": time.monotonic() - start, **machine}
+
+
+def _preload(worker: str) -> None:
+    """Import ``worker`` in the runner (once), for the children to inherit; offline hub by default."""
+    if worker not in sys.modules:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        importlib.import_module(worker)
+
+
+def _fork_worker(worker: str, job_file: Path, log_file: Path) -> multiprocessing.process.BaseProcess:
+    """Start ``worker.main([job_file])`` in a forked child whose output goes to ``log_file``."""
+    process = multiprocessing.get_context("fork").Process(
+        target=_worker_main, args=(worker, str(job_file), str(log_file)), name=f"benchmark-{job_file.stem}"
+    )
+    process.start()
+    return process
+
+
+def _worker_main(worker: str, job_file: str, log_file: str) -> None:
+    """Child side of :func:`_fork_worker`: output to the log, the project root as working folder, run."""
+    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for stream in (1, 2):
+        os.dup2(descriptor, stream)
+    os.close(descriptor)
+    # fresh stream objects: the parent's may be a progress display's proxies, locked by its thread
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    os.chdir(PROJECT_ROOT)
+    # the worker's own subprocesses (``python -m benchmarks.measure``) import the harness from here too
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    sys.exit(sys.modules[worker].main([job_file]))
+
+
+def _exit_status(exitcode: int | None) -> str:
+    """``139``, or ``-9 (SIGKILL)`` for a child ended by a signal."""
+    if exitcode is None or exitcode >= 0:
+        return str(exitcode)
+    try:
+        return f"{exitcode} ({signal.Signals(-exitcode).name})"
+    except ValueError:
+        return str(exitcode)
 
 
 def _proc_stat_seconds(text: str) -> tuple[float, float] | None:
@@ -503,6 +543,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: CPU features that change what a latency or an INT8 model means: AVX-512, VNNI (u8 x s8 dot products,
+#: without which OpenVINO's INT8 kernels saturate 8-bit weights), bf16 and AMX
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def _cpu_flags(cpuinfo: str) -> list[str]:
+    """Those of :data:`CPU_FLAGS` that the ``flags`` line of ``/proc/cpuinfo``'s text lists."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in CPU_FLAGS if flag in present]
+    return []
+
+
 def _ram_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -511,6 +565,13 @@ def _ram_gib() -> float | None:
     except OSError:
         pass
     return None
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def _git_commit() -> str | None:
@@ -540,6 +601,7 @@ def environment() -> dict[str, Any]:
         "versions": {"python": platform.python_version(), **{dist: _version(dist) for dist in dists}},
         "hardware": {
             "cpu": _cpu_model(),
+            "cpu_flags": _cpu_flags(_read_text("/proc/cpuinfo")),
             "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "ram_gib": _ram_gib(),

@@ -285,3 +285,11 @@ def test_the_run_line_says_what_else_the_machine_did_only_where_it_was_measured(
     assert "measured for 1 of 2 jobs" in line
     assert "was not recorded" in run_line(records_frame([base]), info)
     assert "shared with other jobs" not in line
+
+
+def test_the_run_line_names_the_cpu_features_where_they_were_recorded():
+    frame = records_frame([{"dataset": "Toy", "category": "a", "model": "Padim", "seed": 0, "error": None}])
+    info = {"hardware": {"cpu": "EPYC", "cores_available": 2, "ram_gib": 23.5, "cpu_flags": ["avx2"]}}
+    assert "EPYC (avx2; 2 cores" in run_line(frame, info)
+    del info["hardware"]["cpu_flags"]  # a run.json written before the flags were recorded
+    assert "EPYC (2 cores" in run_line(frame, info)

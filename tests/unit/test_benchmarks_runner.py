@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from benchmarks.runner import (
     Job,
     Runner,
+    _cpu_flags,
     _proc_stat_seconds,
     load_record,
     machine_counters,
@@ -24,44 +24,52 @@ from benchmarks.runner import (
 )
 
 FAKE_WORKER = """
-import json, os, sys, time
-job = json.load(open(sys.argv[-1]))
-name = job["model"]["name"]
-calls = os.path.join(os.path.dirname(job["record"]), "..", "calls.txt")
-with open(calls, "a") as handle:
-    handle.write(name + "\\n")
-if name == "Segfault":
-    os._exit(139)
-if name == "Busy":  # another process, not the worker's waited-for child, burns 1 CPU-s during the job
-    import subprocess
-    done = job["record"] + ".burnt"
-    burn = "import time\\nwhile time.process_time() < 1.0: pass\\nopen(%r, 'w').close()" % done
-    subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
-    while not os.path.exists(done):
-        time.sleep(0.05)
-    time.sleep(0.2)
-if name == "Hang":
-    so_far = job["record"].replace(".json", ".sofar.json")
-    json.dump({"error": None, "image_AUROC": 0.7}, open(so_far, "w"))
-    time.sleep(60)
-record = {"error": None, "image_AUROC": 0.9, "wall_time_s": 0.1}
-if name == "Fails":
-    record["error"] = "RuntimeError: boom"
-    open(job["traceback"], "w").write("Traceback: boom\\n")
-json.dump(record, open(job["record"], "w"))
-sys.exit(1 if record["error"] else 0)
+import json, os, subprocess, sys, time
+
+with open(os.path.join(os.path.dirname(__file__), "imports.txt"), "a") as handle:
+    handle.write(f"{os.getpid()}\\n")
+
+
+def main(argv):
+    job = json.load(open(argv[-1]))
+    name = job["model"]["name"]
+    print(f"hello from {name}")
+    calls = os.path.join(os.path.dirname(job["record"]), "..", "calls.txt")
+    with open(calls, "a") as handle:
+        handle.write(name + "\\n")
+    with open(calls.replace("calls.txt", "pids.txt"), "a") as handle:
+        handle.write(f"{os.getpid()} {os.getppid()}\\n")
+    if name == "Segfault":
+        os._exit(139)
+    if name == "Busy":  # another process, not the worker's waited-for child, burns 1 CPU-s during the job
+        done = job["record"] + ".burnt"
+        burn = "import time\\nwhile time.process_time() < 1.0: pass\\nopen(%r, 'w').close()" % done
+        subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+        while not os.path.exists(done):
+            time.sleep(0.05)
+        time.sleep(0.2)
+    if name == "Hang":
+        so_far = job["record"].replace(".json", ".sofar.json")
+        json.dump({"error": None, "image_AUROC": 0.7}, open(so_far, "w"))
+        time.sleep(60)
+    record = {"error": None, "image_AUROC": 0.9, "wall_time_s": 0.1}
+    if name == "Fails":
+        record["error"] = "RuntimeError: boom"
+        open(job["traceback"], "w").write("Traceback: boom\\n")
+    json.dump(record, open(job["record"], "w"))
+    return 1 if record["error"] else 0
 """
 
 
 @pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    """An executable standing in for ``python -m benchmarks.worker <job>``."""
-    script = tmp_path / "fake_worker.py"
-    script.write_text(FAKE_WORKER)
-    launcher = tmp_path / "fake_python"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
-    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
-    return str(launcher)
+def fake_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module standing in for :mod:`benchmarks.worker` (its ``main`` writes a record without training)."""
+    folder = tmp_path / "fake"
+    folder.mkdir()
+    (folder / "fake_benchmark_worker.py").write_text(FAKE_WORKER)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "fake_benchmark_worker", raising=False)  # imported afresh by each test
+    return "fake_benchmark_worker"
 
 
 def make_job(model: str, epochs: int = 1, seed: int = 0) -> Job:
@@ -102,31 +110,31 @@ def test_job_key_is_file_name_safe_and_settings_ignore_paths():
     assert job.settings != before
 
 
-def test_stored_records_are_reused_on_a_repeated_run(tmp_path: Path, fake_python: str):
+def test_stored_records_are_reused_on_a_repeated_run(tmp_path: Path, fake_worker: str):
     output = tmp_path / "run"
     jobs = [make_job("A"), make_job("B")]
-    first = Runner(output, python=fake_python).run(jobs)
+    first = Runner(output, worker=fake_worker).run(jobs)
     assert [r["model"] for r in first] == ["A", "B"]
     assert calls(output) == ["A", "B"]
-    second = Runner(output, python=fake_python).run([make_job("A"), make_job("B")])
+    second = Runner(output, worker=fake_worker).run([make_job("A"), make_job("B")])
     assert calls(output) == ["A", "B"]  # nothing ran again
     assert [r["image_AUROC"] for r in second] == [0.9, 0.9]
 
 
-def test_changed_settings_or_force_run_the_job_again(tmp_path: Path, fake_python: str):
+def test_changed_settings_or_force_run_the_job_again(tmp_path: Path, fake_worker: str):
     output = tmp_path / "run"
-    Runner(output, python=fake_python).run([make_job("A")])
-    Runner(output, python=fake_python).run([make_job("A", epochs=2)])
+    Runner(output, worker=fake_worker).run([make_job("A")])
+    Runner(output, worker=fake_worker).run([make_job("A", epochs=2)])
     assert calls(output) == ["A", "A"]
-    Runner(output, python=fake_python, force=True).run([make_job("A", epochs=2)])
+    Runner(output, worker=fake_worker, force=True).run([make_job("A", epochs=2)])
     assert calls(output) == ["A", "A", "A"]
 
 
-def test_a_crashing_job_is_recorded_and_the_run_goes_on(tmp_path: Path, fake_python: str):
+def test_a_crashing_job_is_recorded_and_the_run_goes_on(tmp_path: Path, fake_worker: str):
     output = tmp_path / "run"
-    records = Runner(output, python=fake_python).run([make_job("Segfault"), make_job("Fails"), make_job("A")])
+    records = Runner(output, worker=fake_worker).run([make_job("Segfault"), make_job("Fails"), make_job("A")])
     died, failed, ok = records
-    assert "exit status 139" in died["error"]
+    assert "exit status 139 before writing its record" in died["error"]
     assert Path(died["traceback_file"]).is_file()
     assert failed["error"] == "RuntimeError: boom"
     assert Path(failed["traceback_file"]).read_text() == "Traceback: boom\n"
@@ -134,47 +142,58 @@ def test_a_crashing_job_is_recorded_and_the_run_goes_on(tmp_path: Path, fake_pyt
     assert load_record(output / "records" / f"{make_job('Segfault').key}.json")["error"] == died["error"]
 
 
-def test_failed_jobs_are_reused_unless_retry_failed(tmp_path: Path, fake_python: str):
+def test_failed_jobs_are_reused_unless_retry_failed(tmp_path: Path, fake_worker: str):
     output = tmp_path / "run"
-    Runner(output, python=fake_python).run([make_job("Fails")])
-    Runner(output, python=fake_python).run([make_job("Fails")])
+    Runner(output, worker=fake_worker).run([make_job("Fails")])
+    Runner(output, worker=fake_worker).run([make_job("Fails")])
     assert calls(output) == ["Fails"]
-    Runner(output, python=fake_python, retry_failed=True).run([make_job("Fails")])
+    Runner(output, worker=fake_worker, retry_failed=True).run([make_job("Fails")])
     assert calls(output) == ["Fails", "Fails"]
 
 
-def test_a_hung_job_is_killed_at_the_timeout(tmp_path: Path, fake_python: str):
-    # 3 s: a worker's interpreter can take over a second to start on a loaded 2-core machine
-    record = Runner(tmp_path / "run", python=fake_python, timeout_s=3).run([make_job("Hang")])[0]
+def test_a_hung_job_is_killed_at_the_timeout(tmp_path: Path, fake_worker: str):
+    record = Runner(tmp_path / "run", worker=fake_worker, timeout_s=3).run([make_job("Hang")])[0]
     assert record["error"].startswith("timeout after 3 s")
+    assert "hello from Hang" in Path(record["traceback_file"]).read_text()  # the tail of the worker's log
     assert record["image_AUROC"] == 0.7  # what was measured before the kill is kept
 
 
-def test_a_job_that_cannot_be_built_is_recorded_without_a_worker(tmp_path: Path, fake_python: str):
+def test_each_job_runs_in_a_child_of_the_runner_that_imported_the_worker_once(tmp_path: Path, fake_worker: str):
+    output = tmp_path / "run"
+    Runner(output, worker=fake_worker).run([make_job("A"), make_job("B")])
+    imports = (tmp_path / "fake" / "imports.txt").read_text().split()
+    assert imports == [str(os.getpid())]  # imported once, by the runner; the children inherit it
+    children = [line.split() for line in (output / "pids.txt").read_text().splitlines()]
+    assert [parent for _, parent in children] == [str(os.getpid())] * 2
+    assert len({child for child, _ in children}) == 2  # a fresh process per job
+    assert "hello from B" in (output / "logs" / f"{make_job('B').key}.log").read_text()
+
+
+def test_a_job_that_cannot_be_built_is_recorded_without_a_worker(tmp_path: Path, fake_worker: str):
     job = make_job("Unknown")
     job.error = "ValueError: Unknown model 'Unknown'"
-    record = Runner(tmp_path / "run", python=fake_python).run([job])[0]
+    record = Runner(tmp_path / "run", worker=fake_worker).run([job])[0]
     assert record["error"] == job.error
     assert calls(tmp_path / "run") == []
     assert json.loads((tmp_path / "run" / "records" / f"{job.key}.json").read_text())["model"] == "Unknown"
 
 
-def test_each_seed_is_a_job_of_its_own_and_resumes_on_its_own(tmp_path: Path, fake_python: str):
+def test_each_seed_is_a_job_of_its_own_and_resumes_on_its_own(tmp_path: Path, fake_worker: str):
     output = tmp_path / "run"
-    first = Runner(output, python=fake_python).run([make_job("A", seed=0), make_job("A", seed=1)])
+    first = Runner(output, worker=fake_worker).run([make_job("A", seed=0), make_job("A", seed=1)])
     assert [record["seed"] for record in first] == [0, 1]
     assert calls(output) == ["A", "A"]
     assert sorted(path.name for path in (output / "records").glob("*.json")) == [
         "cpu__Toy__a__A__s0.json",
         "cpu__Toy__a__A__s1.json",
     ]
-    Runner(output, python=fake_python).run([make_job("A", seed=0), make_job("A", seed=1), make_job("A", seed=2)])
+    Runner(output, worker=fake_worker).run([make_job("A", seed=0), make_job("A", seed=1), make_job("A", seed=2)])
     assert calls(output) == ["A", "A", "A"]  # only the new seed ran
 
 
-def test_published_records_let_a_fresh_run_folder_rerun_only_the_changed_jobs(tmp_path: Path, fake_python: str):
+def test_published_records_let_a_fresh_run_folder_rerun_only_the_changed_jobs(tmp_path: Path, fake_worker: str):
     first = tmp_path / "run"
-    Runner(first, python=fake_python).run([make_job("A"), make_job("B"), make_job("C")])
+    Runner(first, worker=fake_worker).run([make_job("A"), make_job("B"), make_job("C")])
     (first / "run.json").write_text("{}")
     published = tmp_path / "published"
     (published / "records").mkdir(parents=True)
@@ -187,7 +206,7 @@ def test_published_records_let_a_fresh_run_folder_rerun_only_the_changed_jobs(tm
     fresh = tmp_path / "fresh"  # a new checkout: B unchanged, A's settings (its code or config) changed
     jobs = [make_job("A", epochs=2), make_job("B")]
     assert seed_records(jobs, fresh, published) == 2
-    records = Runner(fresh, python=fake_python).run(jobs)
+    records = Runner(fresh, worker=fake_worker).run(jobs)
     assert calls(fresh) == ["A"]
     assert [record["model"] for record in records] == ["A", "B"]
     assert seed_records(jobs, fresh, published) == 0  # never over a record the folder has
@@ -226,7 +245,14 @@ def test_own_cpu_time_includes_finished_children():
 
 
 @pytest.mark.skipif(machine_counters() is None, reason="needs Linux's /proc/stat")
-def test_cpu_used_by_other_processes_during_a_job_is_recorded(tmp_path: Path, fake_python: str):
-    quiet, busy = Runner(tmp_path / "run", python=fake_python).run([make_job("A"), make_job("Busy")])
+def test_cpu_used_by_other_processes_during_a_job_is_recorded(tmp_path: Path, fake_worker: str):
+    quiet, busy = Runner(tmp_path / "run", worker=fake_worker).run([make_job("A"), make_job("Busy")])
     assert {"others_cpu_s", "steal_s"} <= quiet.keys()
     assert busy["others_cpu_s"] >= 0.9  # the 1 CPU-s of the process the worker did not wait for
+
+
+def test_cpu_flags_name_the_features_that_change_latency_and_int8():
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512_vnni amx_tile\n"
+    assert _cpu_flags(cpuinfo) == ["avx2", "avx512f", "avx512_vnni", "amx_tile"]
+    assert _cpu_flags("flags\t: fpu avx avx2\n") == ["avx2"]  # an AVX2-only CPU: no vnni
+    assert _cpu_flags("") == []
