@@ -189,14 +189,10 @@ class FmgrdModel(nn.Module):
 
     def _combine(self, level_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Anomalib's RD map of the given levels, before its blur: their sum (``add``) or product (``multiply``)."""
-        combined = level_maps[0]
-        for level_map in level_maps[1:]:
-            combined = (
-                combined * level_map
-                if self.anomaly_map_mode == AnomalyMapGenerationMode.MULTIPLY
-                else combined + level_map
-            )
-        return combined
+        stacked = torch.cat(list(level_maps), dim=1)
+        if self.anomaly_map_mode == AnomalyMapGenerationMode.MULTIPLY:
+            return stacked.prod(dim=1, keepdim=True)
+        return stacked.sum(dim=1, keepdim=True)
 
     def predict(self, teacher: list[torch.Tensor], generated: list[torch.Tensor]) -> InferenceBatch:
         """Anomaly map ``(B, 1, H, W)`` (eq. 12 per level, A15) and the image score ``(B,)``."""
