@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import json
-import multiprocessing
-import multiprocessing.process
 import os
 import platform
 import re
@@ -47,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from benchmarks.profiles import (
     PROJECT_ROOT,
@@ -59,6 +56,7 @@ from benchmarks.profiles import (
     resolve_model,
     settings_hash,
 )
+from benchmarks.zygote import ForkedJob, Zygote
 
 IDENTITY = ("model", "dataset", "category", "profile", "seed")
 
@@ -303,15 +301,14 @@ class Runner:
         force: Ignore every stored record.
         progress: Callback ``(event, job, info)`` for progress display (``"start"``, ``"poll"``, ``"done"``).
         worker: Module run for each job: its ``main([job_file])`` returns the exit status.
+        start_method: ``"zygote"`` or ``"spawn"`` (below); ``None``: ``"zygote"`` where ``os.fork`` exists.
         openvino_timeout_s: Wall-clock limit of the OpenVINO measurement of one precision.
 
-    Each job still runs in a process of its own, but a warm one: the runner imports ``worker`` (torch,
-    Lightning, anomalib: about 7 s on a 2-core CPU) once and forks a child per job, where starting
-    ``python -m benchmarks.worker`` paid that import for every job (about 2 minutes over an 88-job run,
-    more on a loaded machine). The runner itself never runs a torch operation or touches CUDA, so the
-    children start clean; they are the runner's own children, so their CPU time is told apart from other
-    processes' (``others_cpu_s``). ``HF_HUB_OFFLINE`` defaults to 1 in the runner before the import (the
-    hub reads it once, at import).
+    Each job runs in a process of its own. Where the OS can fork (Linux, macOS), a
+    :class:`~benchmarks.zygote.Zygote` imports ``worker`` once per run and forks a clean child per job,
+    instead of a fresh ``python -m <worker>`` paying the import of torch, Lightning and anomalib each time
+    (7 to 9 s a job on a 2-core CPU); elsewhere, or with ``start_method="spawn"``, each job starts a
+    fresh interpreter.
     """
 
     def __init__(
@@ -323,6 +320,7 @@ class Runner:
         progress: Callable[[str, Job, dict[str, Any]], None] | None = None,
         worker: str = "benchmarks.worker",
         openvino_timeout_s: float = 300,
+        start_method: Literal["zygote", "spawn"] | None = None,
     ) -> None:
         self.output = Path(output)
         self.timeout_s = timeout_s
@@ -330,6 +328,8 @@ class Runner:
         self.force = force
         self.progress = progress or (lambda *_: None)
         self.worker = worker
+        self.start_method = start_method or ("zygote" if hasattr(os, "fork") else "spawn")
+        self._zygote: Zygote | None = None
         self.openvino_timeout_s = openvino_timeout_s
         for sub in ("records", "jobs", "errors", "logs", "artifacts"):
             (self.output / sub).mkdir(parents=True, exist_ok=True)
@@ -340,6 +340,18 @@ class Runner:
 
     def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Run (or reuse) every job; return the records in job order."""
+        try:
+            return self._run(jobs)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the run's zygote, if one was started (:meth:`run` does this itself)."""
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+    def _run(self, jobs: list[Job]) -> list[dict[str, Any]]:
         records = []
         for index, job in enumerate(jobs):
             info = {"index": index, "total": len(jobs)}
@@ -399,20 +411,25 @@ class Runner:
         }
         job_file = self.output / "jobs" / f"{job.key}.json"
         job_file.write_text(json.dumps(spec, indent=2, default=str))
-        _preload(self.worker)
+        if self.start_method == "zygote" and self._zygote is None:
+            self._zygote = Zygote(self.worker)  # imports the worker before the job's clock starts
         start = time.monotonic()
         counters = machine_counters()
-        process = _fork_worker(self.worker, job_file, log_file)
+        if self._zygote is not None:
+            process: ForkedJob | _SpawnedJob = self._zygote.start(job_file, log_file)
+        else:
+            process = _SpawnedJob(self.worker, job_file, log_file)
         timed_out = False
-        while process.is_alive():
+        while process.wait(0.5) is None:
             if time.monotonic() - start > self.timeout_s:
                 process.kill()
                 timed_out = True
                 break
-            process.join(0.5)
             self.progress("poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)})
-        process.join()
-        machine = machine_share(counters, machine_counters())
+        after = machine_counters()
+        if after is not None:
+            after["ours"] += process.cpu_s  # a forked job is the zygote's child, not the runner's
+        machine = machine_share(counters, after)
         record = load_record(record_file)
         so_far = load_record(so_far_file) or {}
         record_file.unlink(missing_ok=True)
@@ -426,7 +443,7 @@ class Runner:
         reason = (
             f"timeout after {self.timeout_s:.0f} s"
             if timed_out
-            else f"worker died with exit status {_exit_status(process.exitcode)} before writing its record"
+            else f"worker died with exit status {_exit_status(process.wait(None))} before writing its record"
         )
         failed = failure_record(
             job, reason, f"{reason}\n--- last lines of {log_file} ---\n{_tail(log_file)}\n", errors_dir
@@ -435,35 +452,32 @@ class Runner:
         return {**so_far, **failed, "wall_time_s": time.monotonic() - start, **machine}
 
 
-def _preload(worker: str) -> None:
-    """Import ``worker`` in the runner (once), for the children to inherit; offline hub by default."""
-    if worker not in sys.modules:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        importlib.import_module(worker)
+class _SpawnedJob:
+    """A job in a fresh interpreter, ``python -m <worker> <job_file>`` (the runner's own child)."""
 
+    cpu_s = 0.0  # reaped by the runner: already in its children's CPU time
 
-def _fork_worker(worker: str, job_file: Path, log_file: Path) -> multiprocessing.process.BaseProcess:
-    """Start ``worker.main([job_file])`` in a forked child whose output goes to ``log_file``."""
-    process = multiprocessing.get_context("fork").Process(
-        target=_worker_main, args=(worker, str(job_file), str(log_file)), name=f"benchmark-{job_file.stem}"
-    )
-    process.start()
-    return process
+    def __init__(self, worker: str, job_file: Path, log_file: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        with log_file.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", worker, str(job_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                env=env,
+            )
 
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
-def _worker_main(worker: str, job_file: str, log_file: str) -> None:
-    """Child side of :func:`_fork_worker`: output to the log, the project root as working folder, run."""
-    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for stream in (1, 2):
-        os.dup2(descriptor, stream)
-    os.close(descriptor)
-    # fresh stream objects: the parent's may be a progress display's proxies, locked by its thread
-    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    os.chdir(PROJECT_ROOT)
-    # the worker's own subprocesses (``python -m benchmarks.measure``) import the harness from here too
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    sys.exit(sys.modules[worker].main([job_file]))
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def _exit_status(exitcode: int | None) -> str:

@@ -1,7 +1,8 @@
 """One benchmark job (a model on one dataset category), run in its own process.
 
-The runner runs :func:`main` in a process of its own for every job (a child forked from the runner,
-which has imported this module once; ``python -m benchmarks.worker <job.json>`` does the same by hand),
+The runner runs :func:`main` in a process of its own for every job (a child forked from the run's
+:mod:`benchmarks.zygote`, which has imported this module once; ``python -m benchmarks.worker
+<job.json>`` does the same by hand),
 so a crash, a leak or a hung model cannot take the other jobs down and each job's peak memory is its own. The job file
 holds everything needed (model, data, profile settings, output paths); the worker writes the
 result record (JSON) and, on failure, the traceback next to it.

@@ -22,6 +22,7 @@ from benchmarks.runner import (
     seed_records,
     should_reuse,
 )
+from benchmarks.zygote import ZygoteError
 
 FAKE_WORKER = """
 import json, os, subprocess, sys, time
@@ -48,6 +49,14 @@ def main(argv):
         while not os.path.exists(done):
             time.sleep(0.05)
         time.sleep(0.2)
+    if name == "Burn":  # the worker itself uses 1 CPU-s
+        while time.process_time() < 1.0:
+            pass
+    if name == "Torch":  # parallel CPU kernels (OpenMP) in the worker
+        import torch
+
+        torch.nn.functional.conv2d(torch.rand(4, 3, 128, 128), torch.rand(16, 3, 3, 3)).sum()
+        (torch.rand(300, 300) @ torch.rand(300, 300)).sum()
     if name == "Hang":
         so_far = job["record"].replace(".json", ".sofar.json")
         json.dump({"error": None, "image_AUROC": 0.7}, open(so_far, "w"))
@@ -58,6 +67,10 @@ def main(argv):
         open(job["traceback"], "w").write("Traceback: boom\\n")
     json.dump(record, open(job["record"], "w"))
     return 1 if record["error"] else 0
+
+
+if __name__ == "__main__":  # start_method="spawn": python -m fake_benchmark_worker <job>
+    sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -158,15 +171,40 @@ def test_a_hung_job_is_killed_at_the_timeout(tmp_path: Path, fake_worker: str):
     assert record["image_AUROC"] == 0.7  # what was measured before the kill is kept
 
 
-def test_each_job_runs_in_a_child_of_the_runner_that_imported_the_worker_once(tmp_path: Path, fake_worker: str):
+def test_each_job_is_a_child_of_one_process_that_imported_the_worker_once(tmp_path: Path, fake_worker: str):
     output = tmp_path / "run"
     Runner(output, worker=fake_worker).run([make_job("A"), make_job("B")])
     imports = (tmp_path / "fake" / "imports.txt").read_text().split()
-    assert imports == [str(os.getpid())]  # imported once, by the runner; the children inherit it
+    assert len(imports) == 1  # imported once, by the zygote; its children inherit it
+    assert imports != [str(os.getpid())]  # ... which is not the runner (see the torch test below)
     children = [line.split() for line in (output / "pids.txt").read_text().splitlines()]
-    assert [parent for _, parent in children] == [str(os.getpid())] * 2
+    assert [parent for _, parent in children] == imports * 2
     assert len({child for child, _ in children}) == 2  # a fresh process per job
     assert "hello from B" in (output / "logs" / f"{make_job('B').key}.log").read_text()
+
+
+def test_a_worker_runs_torch_after_the_runners_own_process_has(tmp_path: Path, fake_worker: str):
+    # A child forked from a process whose OpenMP pool has run hangs in its first parallel kernel:
+    # the runner (here: pytest, after other tests trained models in it) must not be that process.
+    torch = pytest.importorskip("torch")
+    torch.nn.functional.conv2d(torch.rand(4, 3, 128, 128), torch.rand(16, 3, 3, 3)).sum()
+    record = Runner(tmp_path / "run", worker=fake_worker, timeout_s=30).run([make_job("Torch")])[0]
+    assert record["error"] is None
+
+
+def test_spawned_workers_are_fresh_interpreters(tmp_path: Path, fake_worker: str):
+    output = tmp_path / "run"
+    records = Runner(output, worker=fake_worker, start_method="spawn").run([make_job("A"), make_job("Fails")])
+    assert [record["error"] for record in records] == [None, "RuntimeError: boom"]
+    imports = (tmp_path / "fake" / "imports.txt").read_text().split()
+    children = [line.split()[0] for line in (output / "pids.txt").read_text().splitlines()]
+    assert children == imports  # each job imported the worker itself
+    assert "hello from A" in (output / "logs" / f"{make_job('A').key}.log").read_text()
+
+
+def test_a_worker_module_that_cannot_be_imported_is_named(tmp_path: Path):
+    with pytest.raises(ZygoteError, match="'no_such_worker_module' could not be loaded"):
+        Runner(tmp_path / "run", worker="no_such_worker_module").run([make_job("A")])
 
 
 def test_a_job_that_cannot_be_built_is_recorded_without_a_worker(tmp_path: Path, fake_worker: str):
@@ -256,3 +294,11 @@ def test_cpu_flags_name_the_features_that_change_latency_and_int8():
     assert _cpu_flags(cpuinfo) == ["avx2", "avx512f", "avx512_vnni", "amx_tile"]
     assert _cpu_flags("flags\t: fpu avx avx2\n") == ["avx2"]  # an AVX2-only CPU: no vnni
     assert _cpu_flags("") == []
+
+
+def test_a_forked_workers_cpu_time_is_the_runners_not_the_others(tmp_path: Path, fake_worker: str, monkeypatch):
+    # the machine is said to have been busy 5 CPU-s during the job, the runner itself not at all
+    readings = iter([{"busy": 0.0, "steal": 0.0, "ours": 0.0}, {"busy": 5.0, "steal": 0.0, "ours": 0.0}])
+    monkeypatch.setattr("benchmarks.runner.machine_counters", lambda: next(readings))
+    record = Runner(tmp_path / "run", worker=fake_worker).run([make_job("Burn")])[0]
+    assert 3.5 < record["others_cpu_s"] <= 4.0  # the worker's own ~1 CPU-s (from the zygote's wait4) is not "others"
