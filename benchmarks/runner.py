@@ -6,7 +6,7 @@ Layout of a run folder (``benchmarks/runs/<name>`` by default)::
     records/<key>.json       one result record per job (reused on the next run)
     jobs/<key>.json          the job given to the worker
     errors/<key>.txt         traceback of a failed job (``<key>.export.txt`` for export failures)
-    logs/<key>.log           the worker's output (Lightning's log)
+    logs/<key>.log           the worker's output (Lightning's log); ``zygote.log``: the workers' import
     artifacts/<key>/         checkpoint, OpenVINO IR, heat maps
     results.csv, results.md, *.png   the report (:mod:`benchmarks.report`)
 
@@ -412,7 +412,8 @@ class Runner:
         job_file = self.output / "jobs" / f"{job.key}.json"
         job_file.write_text(json.dumps(spec, indent=2, default=str))
         if self.start_method == "zygote" and self._zygote is None:
-            self._zygote = Zygote(self.worker)  # imports the worker before the job's clock starts
+            # imports the worker before the job's clock starts
+            self._zygote = Zygote(self.worker, self.output / "logs" / "zygote.log")
         start = time.monotonic()
         counters = machine_counters()
         if self._zygote is not None:

@@ -48,28 +48,32 @@ class Zygote:
 
     Args:
         worker: Module whose ``main([job_file])`` runs one job and returns its exit status.
+        log_file: Where the zygote's own output goes (the import's warnings); the jobs' go to their logs.
 
     Raises:
-        ZygoteError: The worker module cannot be imported (its traceback is on stderr).
+        ZygoteError: The worker module cannot be imported; the message ends with the zygote's log.
     """
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, log_file: Path) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
         env.setdefault("HF_HUB_OFFLINE", "1")  # the hub reads it once, at import
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.zygote", worker],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=PROJECT_ROOT,
-            env=env,
-        )
+        with Path(log_file).open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.zygote", worker],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=PROJECT_ROOT,
+                env=env,
+            )
         self._buffer = b""
         try:
             ready = self._message(None)
         except ZygoteError:
             ready = None
         if ready != {"ready": True}:
-            msg = f"the benchmark worker module {worker!r} could not be loaded (its error is above)."
+            tail = "\n".join(Path(log_file).read_text(errors="replace").strip().splitlines()[-15:])
+            msg = f"the benchmark worker module {worker!r} could not be loaded; the end of {log_file}:\n{tail}"
             raise ZygoteError(msg)
 
     def start(self, job_file: Path, log_file: Path) -> ForkedJob:

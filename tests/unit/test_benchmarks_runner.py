@@ -203,8 +203,9 @@ def test_spawned_workers_are_fresh_interpreters(tmp_path: Path, fake_worker: str
 
 
 def test_a_worker_module_that_cannot_be_imported_is_named(tmp_path: Path):
-    with pytest.raises(ZygoteError, match="'no_such_worker_module' could not be loaded"):
+    with pytest.raises(ZygoteError, match="'no_such_worker_module' could not be loaded") as raised:
         Runner(tmp_path / "run", worker="no_such_worker_module").run([make_job("A")])
+    assert "No module named 'no_such_worker_module'" in str(raised.value)  # the import's own error, from the log
 
 
 def test_a_job_that_cannot_be_built_is_recorded_without_a_worker(tmp_path: Path, fake_worker: str):
