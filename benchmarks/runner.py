@@ -56,7 +56,7 @@ from benchmarks.profiles import (
     resolve_model,
     settings_hash,
 )
-from benchmarks.zygote import ForkedJob, Zygote
+from benchmarks.zygote import ForkedJob, Zygote, worker_env
 
 IDENTITY = ("model", "dataset", "category", "profile", "seed")
 
@@ -459,15 +459,13 @@ class _SpawnedJob:
     cpu_s = 0.0  # reaped by the runner: already in its children's CPU time
 
     def __init__(self, worker: str, job_file: Path, log_file: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
-        env.setdefault("HF_HUB_OFFLINE", "1")
         with log_file.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", worker, str(job_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=PROJECT_ROOT,
-                env=env,
+                env=worker_env(),
             )
 
     def wait(self, timeout: float | None) -> int | None:
@@ -548,13 +546,10 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+def _cpu_model(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -612,11 +607,12 @@ def environment() -> dict[str, Any]:
         "numpy",
         "anomalib-ext",
     )
+    cpuinfo = _read_text("/proc/cpuinfo")
     return {
         "versions": {"python": platform.python_version(), **{dist: _version(dist) for dist in dists}},
         "hardware": {
-            "cpu": _cpu_model(),
-            "cpu_flags": _cpu_flags(_read_text("/proc/cpuinfo")),
+            "cpu": _cpu_model(cpuinfo),
+            "cpu_flags": _cpu_flags(cpuinfo),
             "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "ram_gib": _ram_gib(),

@@ -39,6 +39,13 @@ from typing import Any
 from benchmarks.profiles import PROJECT_ROOT
 
 
+def worker_env() -> dict[str, str]:
+    """Environment of a worker process: the runner's ``sys.path`` as ``PYTHONPATH``, the hub offline by default."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the hub reads it once, at import
+    return env
+
+
 class ZygoteError(RuntimeError):
     """The zygote could not import the worker, or ended unexpectedly."""
 
@@ -55,8 +62,7 @@ class Zygote:
     """
 
     def __init__(self, worker: str, log_file: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
-        env.setdefault("HF_HUB_OFFLINE", "1")  # the hub reads it once, at import
+        env = worker_env()
         with Path(log_file).open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.zygote", worker],
