@@ -56,7 +56,7 @@ from benchmarks.profiles import (
     resolve_model,
     settings_hash,
 )
-from benchmarks.zygote import ForkedJob, Zygote, worker_env
+from benchmarks.zygote import ForkedJob, Zygote, kill_group, worker_env
 
 IDENTITY = ("model", "dataset", "category", "profile", "seed")
 
@@ -421,12 +421,17 @@ class Runner:
         else:
             process = _SpawnedJob(self.worker, job_file, log_file)
         timed_out = False
-        while process.wait(0.5) is None:
-            if time.monotonic() - start > self.timeout_s:
-                process.kill()
-                timed_out = True
-                break
-            self.progress("poll", job, {**info, "elapsed": time.monotonic() - start, **_read_progress(progress_file)})
+        try:
+            while process.wait(0.5) is None:
+                if time.monotonic() - start > self.timeout_s:
+                    process.kill()
+                    timed_out = True
+                    break
+                elapsed = time.monotonic() - start
+                self.progress("poll", job, {**info, "elapsed": elapsed, **_read_progress(progress_file)})
+        except BaseException:  # Ctrl-C reaches the runner only: the job's own process group would go on
+            kill_group(process.pid)
+            raise
         after = machine_counters()
         if after is not None:
             after["ours"] += process.cpu_s  # a forked job is the zygote's child, not the runner's
@@ -466,7 +471,12 @@ class _SpawnedJob:
                 stderr=subprocess.STDOUT,
                 cwd=PROJECT_ROOT,
                 env=worker_env(),
+                start_new_session=True,  # leads a process group of its own, killed as one (zygote.kill_group)
             )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def wait(self, timeout: float | None) -> int | None:
         try:
@@ -475,7 +485,7 @@ class _SpawnedJob:
             return None
 
     def kill(self) -> None:
-        self.process.kill()
+        kill_group(self.process.pid)
         self.process.wait()
 
 

@@ -4,7 +4,9 @@ Starting ``python -m benchmarks.worker`` for every job pays the import of torch,
 each time (7 to 9 s on a 2-core CPU, some 13 minutes over the 88 jobs of the issue-15 run). The zygote
 is started once per run: it imports the worker module and then, for each job, forks a child that runs
 ``worker.main([job_file])`` with its output in the job's log. Each job is still a process of its own
-(a crash, a leak or a hang cannot take the run down; peak memory is the job's own).
+(a crash, a leak or a hang cannot take the run down; peak memory is the job's own) and leads a process
+group of its own, so that a kill at the timeout also ends what the job started (the OpenVINO
+measurement runs in a subprocess that would otherwise go on beside the next job).
 
 Two simpler designs fail, and are why this module exists:
 
@@ -132,11 +134,16 @@ class ForkedJob:
         return self.exitcode
 
     def kill(self) -> None:
-        """Kill the job and wait for the zygote to reap it."""
+        """Kill the job and every process it started (its process group), and wait for the zygote to reap it."""
         if self.exitcode is None:
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: its exit message is on the way
-                os.kill(self.pid, signal.SIGKILL)
+            kill_group(self.pid)
             self.wait(None)
+
+
+def kill_group(leader: int) -> None:
+    """SIGKILL the process group that ``leader`` leads; nothing happens when it has no process left."""
+    with contextlib.suppress(ProcessLookupError):  # all ended meanwhile (a job's exit message is on the way)
+        os.killpg(leader, signal.SIGKILL)
 
 
 def _send(message: dict[str, Any]) -> None:
@@ -147,6 +154,7 @@ def _run_child(worker: str, request: dict[str, Any]) -> None:
     """In the forked child: input from /dev/null, output to the log, run the job, never return."""
     status = 1
     try:
+        os.setpgid(0, 0)  # a group of its own: see kill_group (the zygote sets it too, whichever runs first)
         null = os.open(os.devnull, os.O_RDONLY)
         log = os.open(request["log_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         for source, target in ((null, 0), (log, 1), (log, 2)):
@@ -178,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             _run_child(worker, request)
+        with contextlib.suppress(OSError):  # the child may have set it already, or exited (then nothing to kill)
+            os.setpgid(pid, pid)
         _send({"pid": pid})
         _, status, usage = os.wait4(pid, 0)
         _send({"exit": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime})

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def main(argv):
 
         torch.nn.functional.conv2d(torch.rand(4, 3, 128, 128), torch.rand(16, 3, 3, 3)).sum()
         (torch.rand(300, 300) @ torch.rand(300, 300)).sum()
+    if name == "HangWithChild":  # like the OpenVINO measurement: a subprocess of the job, then a hang
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open(job["record"] + ".child", "w").write(str(child.pid))
+        time.sleep(60)
     if name == "Hang":
         so_far = job["record"].replace(".json", ".sofar.json")
         json.dump({"error": None, "image_AUROC": 0.7}, open(so_far, "w"))
@@ -169,6 +174,46 @@ def test_a_hung_job_is_killed_at_the_timeout(tmp_path: Path, fake_worker: str):
     assert record["error"].startswith("timeout after 3 s")
     assert "hello from Hang" in Path(record["traceback_file"]).read_text()  # the tail of the worker's log
     assert record["image_AUROC"] == 0.7  # what was measured before the kill is kept
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.parametrize("start_method", ["zygote", "spawn"])
+def test_a_timeout_also_kills_the_processes_the_job_started(tmp_path: Path, fake_worker: str, start_method: str):
+    output = tmp_path / "run"
+    record = Runner(output, worker=fake_worker, timeout_s=3, start_method=start_method).run([make_job("HangWithChild")])
+    assert record[0]["error"].startswith("timeout after 3 s")
+    child = int(next(output.rglob("*.child")).read_text())
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child), "the job's subprocess outlived the job"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_an_interrupted_run_kills_its_running_job(tmp_path: Path, fake_worker: str):
+    # Ctrl-C reaches the runner's process group only; the job leads its own and must not go on alone
+    output = tmp_path / "run"
+
+    def interrupt(event: str, job: Job, info: dict) -> None:
+        if event == "poll" and list(output.rglob("*.child")):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Runner(output, worker=fake_worker, timeout_s=30, progress=interrupt).run([make_job("HangWithChild")])
+    pids = [int(next(output.rglob("*.child")).read_text())]
+    pids += [int(line.split()[0]) for line in (output / "pids.txt").read_text().splitlines()]
+    deadline = time.monotonic() + 5
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, pids)), "the interrupted job (or its subprocess) went on"
 
 
 def test_each_job_is_a_child_of_one_process_that_imported_the_worker_once(tmp_path: Path, fake_worker: str):
