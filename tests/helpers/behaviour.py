@@ -306,3 +306,36 @@ def behaviour_model(name: str, **overrides: Any) -> torch.nn.Module:
     init_args = {**copy.deepcopy(BEHAVIOUR_MODELS[name]["init_args"]), **overrides}
     init_args.setdefault("pre_processor", cls.configure_pre_processor((BEHAVIOUR_SIZE, BEHAVIOUR_SIZE)))
     return cls(visualizer=False, **init_args)
+
+
+def check_training_finds_defects(
+    name: str,
+    data_root: Path,
+    results: Path,
+    *,
+    min_image_auroc: float,
+    min_pixel_auroc: float,
+    min_aupro: float,
+    min_training_gain: float,
+) -> dict[str, float]:
+    """Train behaviour model ``name`` (seed 0) and check what it finds on the behaviour data.
+
+    Fails unless ``Engine.test`` reaches the three floors and training added ``min_training_gain`` of
+    raw pixel AUROC over the same model before training (:func:`fit_and_test`). Returns the metrics.
+    """
+    from lightning.pytorch import seed_everything
+
+    seed_everything(0)  # initialisation, synthetic damage or noise, batch order
+    spec = BEHAVIOUR_MODELS[name]
+    datamodule = behaviour_datamodule(data_root, train_batch_size=spec["train_batch_size"])
+    metrics = fit_and_test(behaviour_model(name), datamodule, spec["max_epochs"], results)
+    untrained, trained = metrics["untrained_pixel_AUROC"], metrics["trained_pixel_AUROC"]
+    print(f"{name} behaviour: {metrics}, raw pixel AUROC untrained {untrained:.3f} trained {trained:.3f}")
+    floors = {"image_AUROC": min_image_auroc, "pixel_AUROC": min_pixel_auroc, "pixel_AUPRO": min_aupro}
+    below = {key: f"{metrics[key]:.3f} < {floor}" for key, floor in floors.items() if metrics[key] < floor}
+    assert not below, f"{name} trained on the behaviour data is below its floors: {below}"
+    assert trained >= untrained + min_training_gain, (
+        f"{name}: training took raw pixel AUROC from {untrained:.3f} to {trained:.3f}, "
+        f"less than the {min_training_gain} it must add"
+    )
+    return metrics

@@ -28,38 +28,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import seed_everything
 
-from tests.helpers.behaviour import (
-    BEHAVIOUR_MODELS,
-    behaviour_data,
-    behaviour_datamodule,
-    behaviour_model,
-    fit_and_test,
-)
+from tests.helpers.behaviour import behaviour_data, check_training_finds_defects
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = BEHAVIOUR_MODELS["MLDFR"]["max_epochs"]
-MIN_IMAGE_AUROC = 0.95
-MIN_PIXEL_AUROC = 0.85
-MIN_AUPRO = 0.5
-# training must add this much pixel AUROC over the same model before training
-MIN_TRAINING_GAIN = 0.2
+# what a trained MLDFR must reach; min_training_gain: raw pixel AUROC that training must add
+FLOORS = {"min_image_auroc": 0.95, "min_pixel_auroc": 0.85, "min_aupro": 0.5, "min_training_gain": 0.2}
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return behaviour_data(tmp_path_factory.mktemp("mldfr_behaviour"), MIN_IMAGE_AUROC, MIN_PIXEL_AUROC, n_train=16)
+    return behaviour_data(
+        tmp_path_factory.mktemp("mldfr_behaviour"), FLOORS["min_image_auroc"], FLOORS["min_pixel_auroc"], n_train=16
+    )
 
 
 def test_trained_mldfr_finds_in_range_defects_that_it_did_not_before_training(data_root: Path, tmp_path: Path) -> None:
-    seed_everything(0)  # restorer initialisation, damage and batch order
-    datamodule = behaviour_datamodule(data_root, train_batch_size=BEHAVIOUR_MODELS["MLDFR"]["train_batch_size"])
-    metrics = fit_and_test(behaviour_model("MLDFR"), datamodule, EPOCHS, tmp_path)
-    untrained_pixel, trained_pixel = metrics["untrained_pixel_AUROC"], metrics["trained_pixel_AUROC"]
-    print(f"MLDFR behaviour: {metrics}, raw pixel AUROC untrained {untrained_pixel:.3f} trained {trained_pixel:.3f}")
-    assert metrics["image_AUROC"] >= MIN_IMAGE_AUROC
-    assert metrics["pixel_AUROC"] >= MIN_PIXEL_AUROC
-    assert metrics["pixel_AUPRO"] >= MIN_AUPRO
-    assert trained_pixel >= untrained_pixel + MIN_TRAINING_GAIN
+    check_training_finds_defects("MLDFR", data_root, tmp_path, **FLOORS)
