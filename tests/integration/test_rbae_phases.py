@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from anomalib_ext.models import RBAE
-from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config
+from anomalib_ext.models.rbae.config import NetworkConfig, Phase1Config, Phase2Config, TrainingConfig
 
 SIZE = 64
 TINY = {
@@ -119,6 +119,32 @@ def test_phases_split_max_epochs() -> None:
     assert trainer.global_step == 9
     assert recorder.phases == [1] * 6 + [2] * 3
     assert bool(model.model.ref_ready)
+
+
+@pytest.mark.parametrize(
+    ("min_steps", "epochs", "phases"),
+    [(0, 3, [1] * 6 + [2] * 3), (10, 4, [1] * 8 + [2] * 4), (9, 3, [1] * 6 + [2] * 3)],  # off; 3 -> 4 epochs; met
+)
+def test_min_steps_adds_whole_epochs_before_the_phases_are_split(min_steps: int, epochs: int, phases: list) -> None:
+    model = tiny(training=TrainingConfig(min_steps=min_steps))  # 6 images, batch 2: 3 steps an epoch
+    trainer, recorder = fit(model, max_epochs=3)
+    assert trainer.current_epoch == epochs
+    assert recorder.phases == phases  # 2/3 of all the steps, the added ones included, in phase 1
+
+
+def test_min_steps_keeps_a_validation_at_the_end_of_the_longer_run() -> None:
+    # the offline config validates once, after its 3 epochs; 4 epochs must not leave the last one unvalidated
+    trainer, _ = fit(tiny(training=TrainingConfig(min_steps=10)), max_epochs=3, check_val_every_n_epoch=3)
+    assert (trainer.current_epoch, trainer.check_val_every_n_epoch) == (4, 4)
+    trainer, _ = fit(tiny(training=TrainingConfig(min_steps=10)), max_epochs=2, check_val_every_n_epoch=1)
+    assert (trainer.current_epoch, trainer.check_val_every_n_epoch) == (4, 1)  # every epoch: nothing to change
+
+
+def test_min_steps_is_refused_when_negative_or_beside_phase_epochs() -> None:
+    with pytest.raises(ValueError, match=r"training\.min_steps=-1"):
+        TrainingConfig(min_steps=-1)
+    with pytest.raises(ValueError, match=r"training\.min_steps=5 .*phase1\.epochs"):
+        tiny(training=TrainingConfig(min_steps=5), phase1=Phase1Config(epochs=2), phase2=Phase2Config(epochs=1))
 
 
 def test_a_trainer_without_finite_schedule_is_refused() -> None:

@@ -38,7 +38,8 @@ def test_init_has_the_paper_defaults() -> None:
     defaults = {name: parameter.default for name, parameter in parameters.items()}
     assert defaults["phase1_fraction"] == pytest.approx(400 / 600)
     assert defaults["lr"] == 1e-4
-    assert defaults["weight_decay"] == 1e-5
+    assert defaults["training"].weight_decay == 1e-5
+    assert defaults["training"].min_steps == 0  # the paper counts epochs
     assert defaults["perceptual_backbone"] == "vgg16.tv_in1k"
     assert defaults["perceptual_layers"] == (1, 3, 6, 8, 11)
     network, phase1, phase2 = defaults["network"], defaults["phase1"], defaults["phase2"]
@@ -92,6 +93,7 @@ def test_cpu_config_builds_the_offline_variant() -> None:
     model = RBAE(**{**init_args, "pre_trained": False})
     assert model.input_size == (256, 256)
     assert model.lr == 1e-3
+    assert model.training_config.min_steps == 96  # 40 demo images: 100 steps, not 15 (README, "Small training sets")
     assert [layer[0].out_channels for layer in model.model.encoder.layers] == [8, 16, 32, 64, 64]
     assert model.loss.perceptual.network.layers == (0, 1, 2)
     assert model.augment_phase1.texture_source == "noise"

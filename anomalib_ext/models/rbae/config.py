@@ -91,6 +91,31 @@ class DefectConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """Optimiser and schedule details of both phases (``lr`` and ``phase1_fraction`` stay flat).
+
+    Args:
+        weight_decay: Adam (coupled L2) weight decay (paper: 1e-5).
+        min_steps: train at least this many optimiser steps (0 = off; the paper counts epochs). Where
+            ``max_epochs`` gives fewer (a training set of a few dozen images), whole epochs are added
+            before the phases are split; a run that validated every ``n`` epochs and at its end
+            validates as often over the longer run, and still at its end. A ``max_steps`` of the trainer
+            still stops first. Not with ``phase1.epochs``/``phase2.epochs``, which fix the schedule.
+
+    Raises:
+        ValueError: ``min_steps`` is negative.
+    """
+
+    weight_decay: float = 1e-5
+    min_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_steps < 0:
+            msg = f"training.min_steps={self.min_steps} is invalid: expected optimiser steps >= 0 (0 = off)."
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
 class Phase1Config:
     """Phase 1, encoder + decoder (Eq. 14: ``w_rec L_rec + w_per L_per + w_pixel_dis L_pixel_dis``).
 

@@ -50,7 +50,7 @@ from anomalib_ext.augment import PerlinTextureAnomaly, rank_generator
 from anomalib_ext.models.components import AnomalibExtModule, group_arguments
 from anomalib_ext.models.defaults import reject_normalize
 from anomalib_ext.models.rbae.components import PerceptualNetwork
-from anomalib_ext.models.rbae.config import DefectConfig, NetworkConfig, Phase1Config, Phase2Config
+from anomalib_ext.models.rbae.config import DefectConfig, NetworkConfig, Phase1Config, Phase2Config, TrainingConfig
 from anomalib_ext.models.rbae.loss import RbaeLoss
 from anomalib_ext.models.rbae.torch_model import RbaeModel
 
@@ -71,7 +71,6 @@ class RBAE(AnomalibExtModule, AnomalibModule):
             (``max_epochs`` or ``max_steps``); a trainer without a finite schedule is refused.
             ``phase1.epochs`` and ``phase2.epochs`` replace it with fixed epoch counts.
         lr: Adam learning rate of both phases (paper: 1e-4).
-        weight_decay: Adam (coupled L2) weight decay (paper: 1e-5).
         anomaly_source_path: A14: folder of natural images for the defect textures (paper:
             ImageNet; DRAEM: DTD). ``None``: anomalib's Perlin-noise textures (``defects.texture_source``).
         perceptual_backbone: the perceptual-loss network (paper: ``"vgg16.tv_in1k"``), built by
@@ -85,6 +84,9 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         phase1: Eq. 14 weights and phase-1 ablations (:class:`~anomalib_ext.models.rbae.config.Phase1Config`).
         phase2: Eq. 17 weights, reference choice and phase-2 ablations
             (:class:`~anomalib_ext.models.rbae.config.Phase2Config`).
+        training: weight decay and ``min_steps``, the floor for small training sets: 3 epochs of
+            batch 8 are 96 steps on 250 images but 15 on 40, where RB-AE stays untrained (README,
+            "Small training sets") (:class:`~anomalib_ext.models.rbae.config.TrainingConfig`).
         **components: anomalib's ``pre_processor``, ``post_processor``, ``evaluator`` and ``visualizer``
             (:class:`~anomalib.models.components.AnomalibModule`); ``True``, the default, takes this
             model's ``configure_*`` method, for the pre-processor a resize only, to 256 x 256 (its output
@@ -96,7 +98,6 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         self,
         phase1_fraction: float = 2 / 3,
         lr: float = 1e-4,
-        weight_decay: float = 1e-5,
         anomaly_source_path: str | None = None,
         perceptual_backbone: str = "vgg16.tv_in1k",
         perceptual_layers: Sequence[int] = (1, 3, 6, 8, 11),
@@ -105,6 +106,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         defects: DefectConfig = DefectConfig(),
         phase1: Phase1Config = Phase1Config(),
         phase2: Phase2Config = Phase2Config(),
+        training: TrainingConfig = TrainingConfig(),
         **components: Any,
     ) -> None:
         if not 0 < phase1_fraction < 1:
@@ -115,6 +117,12 @@ class RBAE(AnomalibExtModule, AnomalibModule):
             raise ValueError(msg)
         if phase1.epochs is not None and (phase1.epochs < 1 or phase2.epochs < 1):
             msg = f"Need phase1.epochs >= 1 and phase2.epochs >= 1, got {phase1.epochs}, {phase2.epochs}."
+            raise ValueError(msg)
+        if training.min_steps and phase1.epochs is not None:
+            msg = (
+                f"training.min_steps={training.min_steps} needs the schedule of phase1_fraction: phase1.epochs/"
+                f"phase2.epochs (got {phase1.epochs}/{phase2.epochs}) fix it. Set one or the other."
+            )
             raise ValueError(msg)
         if defects.texture_source == "folder" and anomaly_source_path is None:
             msg = (
@@ -130,7 +138,9 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         self.automatic_optimization = False
         self.phase1_fraction = phase1_fraction
         self.lr = lr
-        self.weight_decay = weight_decay
+        self.training_config = training
+        self.weight_decay = training.weight_decay
+        self.min_steps = training.min_steps
         self.defects = defects
         self.phase1_config = phase1
         self.phase2_config = phase2
@@ -166,7 +176,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """The ablation groups saved in the hyper-parameters (``weights_only`` loading)."""
-        return (NetworkConfig, DefectConfig, Phase1Config, Phase2Config)
+        return (NetworkConfig, DefectConfig, Phase1Config, Phase2Config, TrainingConfig)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -237,6 +247,35 @@ class RBAE(AnomalibExtModule, AnomalibModule):
             raise ValueError(msg)
         return phase1, total
 
+    def _reach_min_steps(self) -> None:
+        """Add whole epochs until ``training.min_steps`` optimiser steps (epoch schedules; ``max_steps`` is kept).
+
+        A run that validated every ``n`` epochs and at its end (``check_val_every_n_epoch: 3`` with 3
+        epochs, the offline config) validates as often over the longer run, and still at its end: the
+        post-processor's normalisation comes from the last validation.
+        """
+        trainer = self.trainer
+        fit_loop = trainer.fit_loop
+        epochs, batches = fit_loop.max_epochs, trainer.num_training_batches
+        if not self.min_steps or epochs is None or epochs < 1 or not math.isfinite(batches) or batches < 1:
+            return
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        needed = math.ceil(self.min_steps / steps_per_epoch)
+        if needed > epochs:
+            every = trainer.check_val_every_n_epoch
+            if every is not None and every > 1 and epochs % every == 0:
+                validations = epochs // every
+                needed = math.ceil(needed / validations) * validations
+                trainer.check_val_every_n_epoch = needed // validations
+            fit_loop.max_epochs = needed
+            logger.info(
+                "RB-AE: %d steps per epoch, training %d epochs instead of %d to reach training.min_steps=%d.",
+                steps_per_epoch,
+                needed,
+                epochs,
+                self.min_steps,
+            )
+
     @property
     def phase(self) -> int:
         """Phase of the next optimiser step: 1 for the first ``phase1_steps`` steps, then 2.
@@ -257,6 +296,7 @@ class RBAE(AnomalibExtModule, AnomalibModule):
         """Reject a normalising pre-processor (T11); fix the phases."""
         reject_normalize(self.pre_processor, "RB-AE works in [0, 1] pixel space.")
         self._encoder_frozen = False
+        self._reach_min_steps()
         self._phase1_steps, total = self.phase_schedule()
         trainer = self.trainer
         if trainer.max_epochs == LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1:
